@@ -1,0 +1,1 @@
+"""Harmon networks: MAR, the diffusion head, the KL-16 VAE, checkpoint loading (lowest layer)."""

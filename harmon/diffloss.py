@@ -1,0 +1,158 @@
+"""MAR's diffusion head: an AdaLN-conditioned MLP noise predictor and the loss/sampler around it.
+
+Parameter names match the official `diffloss.net.*` keys, so released weights load strictly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from harmon.diffusion import GaussianDiffusion
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of integer steps, [cos | sin] order, no rescaling of t."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t[:, None].float() * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class TimestepEmbedder(nn.Module):
+    def __init__(self, width: int, frequency_dim: int = 256):
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.mlp = nn.Sequential(nn.Linear(frequency_dim, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        weight = self.mlp[0].weight
+        return self.mlp(timestep_embedding(t, self.frequency_dim).to(weight.dtype))
+
+
+class ResBlock(nn.Module):
+    """x + gate * MLP(LN(x) * (1 + scale) + shift), with (shift, scale, gate) from the condition."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.in_ln = nn.LayerNorm(width, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.adaLN_modulation(y).chunk(3, dim=-1)
+        return x + gate * self.mlp(modulate(self.in_ln(x), shift, scale))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, width: int, out_channels: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(width, out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(y).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class SimpleMLPAdaLN(nn.Module):
+    """Predicts [epsilon | variance value] for noisy tokens x_t at step t, conditioned on c."""
+
+    def __init__(self, in_channels: int, width: int, z_channels: int, depth: int, grad_checkpointing: bool = False):
+        super().__init__()
+        self.in_channels = in_channels
+        self.grad_checkpointing = grad_checkpointing
+        self.time_embed = TimestepEmbedder(width)
+        self.cond_embed = nn.Linear(z_channels, width)
+        self.input_proj = nn.Linear(in_channels, width)
+        self.res_blocks = nn.ModuleList(ResBlock(width) for _ in range(depth))
+        self.final_layer = FinalLayer(width, 2 * in_channels)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.time_embed.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.time_embed.mlp[2].weight, std=0.02)
+        zero_layers = [block.adaLN_modulation[-1] for block in self.res_blocks]
+        zero_layers += [self.final_layer.adaLN_modulation[-1], self.final_layer.linear]
+        for layer in zero_layers:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        dtype = self.input_proj.weight.dtype
+        x = self.input_proj(x.to(dtype))
+        y = self.time_embed(t) + self.cond_embed(c.to(dtype))
+        for block in self.res_blocks:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, y, use_reentrant=False)
+            else:
+                x = block(x, y)
+        return self.final_layer(x, y)
+
+    def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+        """Rows [cond | uncond]: run both halves on the first half's x, guide epsilon only, copy to both halves."""
+        half = x[: len(x) // 2]
+        out = self.forward(torch.cat([half, half]), t, c)
+        eps, rest = out[:, : self.in_channels], out[:, self.in_channels :]
+        cond_eps, uncond_eps = eps.chunk(2, dim=0)
+        guided = uncond_eps + cfg_scale * (cond_eps - uncond_eps)
+        return torch.cat([torch.cat([guided, guided]), rest], dim=1)
+
+
+class DiffLoss(nn.Module):
+    """Per-token diffusion loss and sampler; `net` holds all parameters (keys `net.*`)."""
+
+    def __init__(
+        self, target_channels: int, z_channels: int, depth: int, width: int, num_sampling_steps: str = "100",
+        grad_checkpointing: bool = False,
+    ):
+        super().__init__()
+        self.in_channels = target_channels
+        self.net = SimpleMLPAdaLN(target_channels, width, z_channels, depth, grad_checkpointing)
+        self.train_diffusion = GaussianDiffusion("")
+        self.gen_diffusion = GaussianDiffusion(num_sampling_steps)
+
+    def forward(
+        self, target: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Mean loss over rows (rows with mask 0 excluded when a mask is given)."""
+        t = torch.randint(0, self.train_diffusion.num_timesteps, (target.shape[0],), device=target.device,
+                          generator=generator)
+        noise = torch.randn(target.shape, device=target.device, generator=generator, dtype=target.dtype)
+        loss = self.train_diffusion.training_losses(self.net, target, t, {"c": z}, noise=noise)["loss"]
+        if mask is not None:
+            return (loss * mask).sum() / mask.sum()
+        return loss.mean()
+
+    @torch.no_grad()
+    def sample(
+        self, z: torch.Tensor, temperature: float = 1.0, cfg: float = 1.0, generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Sample one token per row of z. With cfg != 1, z is [cond | uncond] and both halves share x_T."""
+        guided = float(cfg) != 1.0
+        rows = z.shape[0] // 2 if guided else z.shape[0]
+        if noise is None:
+            noise = torch.randn(rows, self.in_channels, generator=generator, device=z.device)
+        if guided:
+            noise = torch.cat([noise, noise])
+            model, kwargs = self.net.forward_with_cfg, {"c": z, "cfg_scale": float(cfg)}
+        else:
+            model, kwargs = self.net.forward, {"c": z}
+        return self.gen_diffusion.p_sample_loop(model, noise, kwargs, temperature=temperature, generator=generator)
