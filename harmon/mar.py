@@ -302,6 +302,7 @@ class MAR(nn.Module):
         guided = float(cfg) != 1.0
         if guided:
             cond = torch.cat([cond, self.fake_latent.expand(bsz, -1)])
+        schedule = mask_schedule(seq_len, num_iter)
         steps = range(num_iter)
         if progress:
             from rich.progress import track
@@ -311,9 +312,7 @@ class MAR(nn.Module):
             both = (lambda t: torch.cat([t, t])) if guided else (lambda t: t)
             x = self.forward_mae_encoder(both(tokens), both(mask), cond, grid)
             z = self.forward_mae_decoder(x, both(mask), grid)
-            masked_now = int(mask[0].sum())
-            mask_len = math.floor(seq_len * math.cos(math.pi / 2.0 * (step + 1) / num_iter))
-            mask_len = max(1, min(masked_now - 1, mask_len))
+            mask_len = schedule[step]
             mask_next = mask_from_orders(orders, mask_len)
             to_pred = mask if step >= num_iter - 1 else mask ^ mask_next
             mask = mask_next
@@ -334,3 +333,16 @@ def mask_from_orders(orders: torch.Tensor, num_masked: int) -> torch.Tensor:
     """Boolean mask with the first `num_masked` positions of each order set to True (masked)."""
     mask = torch.zeros(orders.shape, dtype=torch.bool, device=orders.device)
     return mask.scatter(1, orders[:, :num_masked], True)
+
+
+def mask_schedule(seq_len: int, num_iter: int) -> list[int]:
+    """Cosine schedule: the number of tokens left masked after each step (clamped to [1, masked - 1]).
+
+    At the last step all remaining tokens are revealed anyway, whatever this number says.
+    """
+    masked, counts = seq_len, []
+    for step in range(num_iter):
+        target = math.floor(seq_len * math.cos(math.pi / 2.0 * (step + 1) / num_iter))
+        masked = max(1, min(masked - 1, target))
+        counts.append(masked)
+    return counts

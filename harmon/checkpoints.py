@@ -1,0 +1,212 @@
+"""The one place where checkpoints are found, downloaded, safely unpickled and checked key by key.
+
+Sources: a local path, a known name (`harmon checkpoints` lists them), a Hugging Face file `hf://owner/repo/file`,
+or an http(s) URL. Downloads are cached (`HARMON_CACHE`, default `~/.cache/harmon-toolkit`; hub files use the
+Hugging Face cache) and `HF_HUB_OFFLINE=1` forbids any download. Files are read with safetensors or with
+`torch.load(weights_only=True)`; a pickle that needs arbitrary code is refused, never run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import hashlib
+import os
+import pickle
+import urllib.request
+import zipfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+KNOWN_FILES: dict[str, str] = {
+    "kl16": "hf://wusize/harmon/kl16.ckpt",
+    "harmon-0.5b": "hf://wusize/harmon/harmon_0.5b.pth",
+    "harmon-1.5b": "hf://wusize/harmon/harmon_1.5b.pth",
+    "harmon-1.5b-o": "hf://wusize/harmon/harmon_1.5b-o.pth",
+    "mar-base": "https://www.dropbox.com/scl/fi/f6dpuyjb7fudzxcyhvrhk/checkpoint-last.pth"
+    "?rlkey=a6i4bo71vhfo4anp33n9ukujb&dl=1",
+    "mar-large": "https://www.dropbox.com/scl/fi/pxacc5b2mrt3ifw4cah6k/checkpoint-last.pth"
+    "?rlkey=m48ovo6g7ivcbosrbdaz0ehqt&dl=1",
+    "mar-huge": "https://www.dropbox.com/scl/fi/1qmfx6fpy3k7j9vcjjs3s/checkpoint-last.pth"
+    "?rlkey=4lae281yzxb406atp32vzc83o&dl=1",
+    "kl16-dropbox": "https://www.dropbox.com/scl/fi/hhmuvaiacrarfg28qxhwz/kl16.ckpt"
+    "?rlkey=l44xipsezc8atcffdp4q7mwmh&dl=1",
+}
+
+# Plain metadata classes that official files pickle beside their tensors (MAR stores its argparse args).
+SAFE_GLOBALS = [argparse.Namespace]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be found, read, or does not match the model; the message says what to do."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HARMON_CACHE", Path.home() / ".cache" / "harmon-toolkit"))
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def resolve(source: str | os.PathLike) -> Path:
+    """Turn a path, known name, `hf://owner/repo/file` or URL into a local file path (downloading if needed)."""
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.exists():
+        if path.is_dir():
+            raise CheckpointError(f"checkpoint {text!r} is a directory; pass the checkpoint file inside it")
+        return path
+    if text in KNOWN_FILES:
+        return resolve(KNOWN_FILES[text])
+    if text.startswith("hf://"):
+        return _resolve_hub(text)
+    if text.startswith(("http://", "https://")):
+        return _resolve_url(text)
+    close = difflib.get_close_matches(text, KNOWN_FILES, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise CheckpointError(
+        f"checkpoint {text!r} is not an existing file, a known name ({', '.join(KNOWN_FILES)}), "
+        f"an hf://owner/repo/file path or a URL.{hint}"
+    )
+
+
+def _resolve_hub(uri: str) -> Path:
+    parts = uri[len("hf://") :].split("/", 2)
+    if len(parts) != 3 or not all(parts):
+        raise CheckpointError(f"hub path {uri!r} must look like hf://owner/repo/path/to/file")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    repo_id, filename = f"{parts[0]}/{parts[1]}", parts[2]
+    try:
+        return Path(hf_hub_download(repo_id, filename, local_files_only=offline()))
+    except LocalEntryNotFoundError as err:
+        raise CheckpointError(
+            f"{filename} from {repo_id} is not in the Hugging Face cache and downloading is not possible "
+            f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')} or no network). Download it on a "
+            f"connected machine with `huggingface-cli download {repo_id} {filename}`, or pass a local path."
+        ) from err
+
+
+def _resolve_url(url: str) -> Path:
+    name = Path(url.split("?", 1)[0]).name or "download"
+    target = cache_dir() / "urls" / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{name}"
+    if target.exists():
+        return target
+    if offline():
+        raise CheckpointError(
+            f"{url} is not cached at {target} and HF_HUB_OFFLINE=1 forbids downloading; "
+            "download it yourself and pass the local path"
+        )
+    _download(url, target)
+    return target
+
+
+def _download(url: str, target: Path) -> None:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".part")
+    request = urllib.request.Request(url, headers={"User-Agent": "Wget/1.16 (linux-gnu)"})
+    try:
+        with urllib.request.urlopen(request) as response, open(partial, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                          TransferSpeedColumn()) as bar:
+                task = bar.add_task(f"download {target.name}", total=total)
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    bar.update(task, advance=len(chunk))
+        os.replace(partial, target)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise CheckpointError(f"downloading {url} failed ({err}); download it yourself and pass the path") from err
+
+
+def load_file(source: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint safely: safetensors, or torch.load(weights_only=True) with only plain metadata allowed."""
+    path = resolve(source)
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file as load_safetensors
+
+        try:
+            return load_safetensors(str(path))
+        except SafetensorError as err:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({err}); re-download it") from err
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"refusing to load {path}: unpickling it would need code other than tensors and plain metadata "
+            f"({str(err).splitlines()[0]}). Only load files you trust; convert trusted files to safetensors "
+            "(safetensors.torch.save_file) and pass that file instead."
+        ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise CheckpointError(
+            f"{path} is corrupt or truncated ({str(err).splitlines()[0]}); delete it and download it again"
+        ) from err
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a dict of tensors")
+    return state
+
+
+def tensors_only(state: Mapping[str, Any], what: str) -> dict[str, torch.Tensor]:
+    """Check that a mapping holds only tensors and return it as a dict."""
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{what}: entries {bad[:5]} are not tensors; is this the right part of the file?")
+    return dict(state)
+
+
+def _shapes(expected: nn.Module | Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    items = expected.state_dict().items() if isinstance(expected, nn.Module) else expected.items()
+    return {k: tuple(v.shape) for k, v in items}
+
+
+def _listing(title: str, names: list[str], limit: int = 12) -> str:
+    shown = "\n    ".join(names[:limit])
+    more = f"\n    ... and {len(names) - limit} more" if len(names) > limit else ""
+    return f"  {title} ({len(names)}):\n    {shown}{more}"
+
+
+def check_keys(
+    expected: nn.Module | Mapping[str, Any], state: Mapping[str, torch.Tensor], what: str,
+    allow_missing: Iterable[str] = (), allow_unexpected: Iterable[str] = (), looks_like: str | None = None,
+) -> None:
+    """Raise CheckpointError listing missing, unexpected and mis-shaped keys (strict loading, explained)."""
+    want = _shapes(expected)
+    allow_missing, allow_unexpected = set(allow_missing), set(allow_unexpected)
+    missing = sorted(k for k in want if k not in state and k not in allow_missing)
+    unexpected = sorted(k for k in state if k not in want and k not in allow_unexpected)
+    misshaped = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {want[k]}"
+        for k in want if k in state and tuple(state[k].shape) != want[k]
+    )
+    if not (missing or unexpected or misshaped):
+        return
+    parts = [f"{what} does not match the model:"]
+    for title, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
+        if names:
+            parts.append(_listing(title, names))
+    if looks_like:
+        parts.append(f"  the file looks like: {looks_like}")
+    raise CheckpointError("\n".join(parts))
+
+
+def save_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Write tensors atomically (temp file, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,1 @@
+"""Probing frozen features: datasets, linear and k-NN probes, CKA and classification metrics."""
