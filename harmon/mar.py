@@ -189,12 +189,13 @@ class MAR(nn.Module):
     # ----- encoder / decoder ------------------------------------------------------------------------------------
     def forward_mae_encoder(
         self, tokens: torch.Tensor, mask: torch.Tensor, class_embedding: torch.Tensor,
-        image_shape: tuple[int, int] | None = None,
+        image_shape: tuple[int, int] | None = None, num_blocks: int | None = None,
     ) -> torch.Tensor:
         """Encode the visible tokens. Returns (B, buffer + #visible, C), buffers first.
 
         `class_embedding` (B, C) fills all buffer slots; pass `fake_latent` rows for label-free features.
         In training mode, each sample's class embedding is replaced by `fake_latent` with `label_drop_prob`.
+        `num_blocks` stops after that many blocks (the final `encoder_norm` only follows the last block).
         """
         grid = image_shape or self.default_grid()
         self._check_grid(tokens, grid)
@@ -209,7 +210,9 @@ class MAR(nn.Module):
         x = self.z_proj_ln(x)
         keep = torch.cat([torch.ones(b, self.buffer_size, device=x.device, dtype=torch.bool), ~mask.bool()], dim=1)
         x = _keep_rows(x, keep)
-        return self.encoder_norm(self._run(self.encoder_blocks, x))
+        blocks = self.encoder_blocks if num_blocks is None else self.encoder_blocks[:num_blocks]
+        x = self._run(blocks, x)
+        return self.encoder_norm(x) if len(blocks) == len(self.encoder_blocks) else x
 
     def forward_mae_decoder(
         self, x: torch.Tensor, mask: torch.Tensor, image_shape: tuple[int, int] | None = None,
@@ -233,10 +236,13 @@ class MAR(nn.Module):
         x = x[:, self.buffer_size :]
         return x + resize_grid_embedding(self.diffusion_pos_embed_learned, grid, 0)
 
-    def encode_features(self, tokens: torch.Tensor, image_shape: tuple[int, int] | None = None) -> torch.Tensor:
+    def encode_features(
+        self, tokens: torch.Tensor, image_shape: tuple[int, int] | None = None, num_blocks: int | None = None,
+    ) -> torch.Tensor:
         """Unmasked encoder features with `fake_latent` buffers (no label enters): (B, buffer + L, C)."""
         mask = torch.zeros(tokens.shape[:2], device=tokens.device)
-        return self.forward_mae_encoder(tokens, mask, self.fake_latent.expand(tokens.shape[0], -1), image_shape)
+        buffers = self.fake_latent.expand(tokens.shape[0], -1)
+        return self.forward_mae_encoder(tokens, mask, buffers, image_shape, num_blocks)
 
     # ----- training ---------------------------------------------------------------------------------------------
     def sample_orders(self, bsz: int, seq_len: int, generator: torch.Generator | None = None,

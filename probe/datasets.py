@@ -15,7 +15,9 @@ from typing import Literal, Protocol
 import numpy as np
 from PIL import Image
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
@@ -72,7 +74,9 @@ class ImageFolderDataset:
     ) -> None:
         split_dir = Path(root) / split
         if not split_dir.is_dir():
-            raise FileNotFoundError(f"split folder {split_dir} does not exist; expected root/<split>/<class>/<image>")
+            raise FileNotFoundError(
+                f"split folder {split_dir} does not exist; expected root/<split>/<class>/<image>"
+            )
         class_dirs = sorted(p for p in split_dir.iterdir() if p.is_dir())
         if not class_dirs:
             raise ValueError(f"{split_dir} has no class folders; expected {split_dir}/<class>/<image>")
@@ -124,7 +128,9 @@ def check_splits(train: LabelledImages, val: LabelledImages) -> None:
     only_val = sorted(set(val.classes) - set(train.classes))
     only_train = sorted(set(train.classes) - set(val.classes))
     if only_val:
-        raise ValueError(f"val has classes missing from train: {only_val}; remove them from val or add them to train")
+        raise ValueError(
+            f"val has classes missing from train: {only_val}; remove them from val or add them to train"
+        )
     if only_train:
         raise ValueError(
             f"classes missing from val: {only_train}; labels would not line up, add those folders to val"
@@ -194,7 +200,9 @@ def _download_fashion_mnist(cache_dir: Path) -> Path:
     return cache_dir / "FashionMNIST" / "raw"
 
 
-def fashion_mnist(split: Literal["train", "val", "test"], root: str | Path | None = None) -> ArrayImageDataset:
+def fashion_mnist(
+    split: Literal["train", "val", "test"], root: str | Path | None = None
+) -> ArrayImageDataset:
     """Fashion-MNIST 28x28 images as RGB; "val" and "test" both mean the 10k t10k split.
 
     An explicit `root` must hold the IDX files. Without it, looks in $FASHION_MNIST_DIR, then
@@ -225,11 +233,15 @@ def fashion_mnist(split: Literal["train", "val", "test"], root: str | Path | Non
             f"({type(error).__name__}: {error}); {FASHION_MNIST_FIX}"
         ) from error
     if dataset is None:
-        raise DatasetUnavailable(f"torchvision's download left no IDX files in {cache_dir}; {FASHION_MNIST_FIX}")
+        raise DatasetUnavailable(
+            f"torchvision's download left no IDX files in {cache_dir}; {FASHION_MNIST_FIX}"
+        )
     return dataset
 
 
-def stratified_split(labels: Sequence[int] | np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: Sequence[int] | np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Split indices into (kept, held_out) with about `fraction` of every class held out (at least one
     per class with two or more samples); deterministic for a seed."""
     if not 0.0 < fraction < 1.0:
@@ -246,7 +258,9 @@ def stratified_split(labels: Sequence[int] | np.ndarray, fraction: float, seed: 
     return kept, held
 
 
-def sklearn_digits(split: Literal["train", "val"], val_fraction: float = 0.2, seed: int = 0) -> ArrayImageDataset:
+def sklearn_digits(
+    split: Literal["train", "val"], val_fraction: float = 0.2, seed: int = 0
+) -> ArrayImageDataset:
     """scikit-learn's 8x8 digits (16 gray levels scaled to 0..255) with a stratified, seeded split."""
     from sklearn.datasets import load_digits
 
@@ -269,7 +283,9 @@ def balanced_subset(labels: Sequence[int] | np.ndarray, per_class: int, seed: in
     for label in np.unique(labels_np):
         members = np.flatnonzero(labels_np == label)
         if len(members) < per_class:
-            raise ValueError(f"class {label} has only {len(members)} samples, fewer than per_class={per_class}")
+            raise ValueError(
+                f"class {label} has only {len(members)} samples, fewer than per_class={per_class}"
+            )
         chosen.append(rng.choice(members, size=per_class, replace=False))
     return np.sort(np.concatenate(chosen))
 

@@ -55,7 +55,9 @@ class LinearProbeConfig:
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
         if self.base_lr <= 0 or self.weight_decay < 0:
-            raise ValueError(f"base_lr must be > 0 and weight_decay >= 0, got {self.base_lr}, {self.weight_decay}")
+            raise ValueError(
+                f"base_lr must be > 0 and weight_decay >= 0, got {self.base_lr}, {self.weight_decay}"
+            )
 
     @property
     def peak_lr(self) -> float:
@@ -63,7 +65,9 @@ class LinearProbeConfig:
         return self.base_lr * self.batch_size / 256
 
 
-def scheduled_lr(peak: float | torch.Tensor, progress: float, config: LinearProbeConfig) -> float | torch.Tensor:
+def scheduled_lr(
+    peak: float | torch.Tensor, progress: float, config: LinearProbeConfig
+) -> float | torch.Tensor:
     """MAE's schedule at `progress` epochs (fractional): linear warm-up, then half-cycle cosine to min_lr."""
     if progress < config.warmup_epochs:
         return peak * progress / config.warmup_epochs
@@ -75,7 +79,9 @@ def scheduled_lr(peak: float | torch.Tensor, progress: float, config: LinearProb
 def trust_ratio(param_norm: torch.Tensor, update_norm: torch.Tensor, coefficient: float) -> torch.Tensor:
     """coefficient x |param| / |update|, or 1 where either norm is zero."""
     usable = (param_norm > 0) & (update_norm > 0)
-    return torch.where(usable, coefficient * param_norm / update_norm.clamp_min(1e-30), torch.ones_like(param_norm))
+    return torch.where(
+        usable, coefficient * param_norm / update_norm.clamp_min(1e-30), torch.ones_like(param_norm)
+    )
 
 
 class LARS(torch.optim.Optimizer):
@@ -90,7 +96,12 @@ class LARS(torch.optim.Optimizer):
         momentum: float = 0.9,
         trust_coefficient: float = 0.001,
     ) -> None:
-        defaults = {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "trust_coefficient": trust_coefficient}
+        defaults = {
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "momentum": momentum,
+            "trust_coefficient": trust_coefficient,
+        }
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -145,15 +156,19 @@ def initial_weights(dim: int, num_classes: int, seed: int) -> tuple[torch.Tensor
     return weight, torch.zeros(num_classes)
 
 
-def epoch_batches(num_samples: int, config: LinearProbeConfig) -> Iterator[tuple[float, torch.Tensor]]:
-    """Yield (progress in epochs, sample indices) for every iteration; shuffled per epoch, last partial batch
-    dropped, deterministic for config.seed."""
+def epoch_batches(
+    num_samples: int, config: LinearProbeConfig, device: torch.device
+) -> Iterator[tuple[float, torch.Tensor]]:
+    """Yield (progress in epochs, sample indices on `device`) for every iteration; shuffled per epoch on the
+    CPU (so the order does not depend on the device), last partial batch dropped, deterministic for the seed."""
     steps = num_samples // config.batch_size
     if steps == 0:
-        raise ValueError(f"batch_size {config.batch_size} exceeds the {num_samples} training samples; lower batch_size")
+        raise ValueError(
+            f"batch_size {config.batch_size} exceeds the {num_samples} training samples; lower batch_size"
+        )
     generator = torch.Generator().manual_seed(config.seed + 1)
     for epoch in range(config.epochs):
-        order = torch.randperm(num_samples, generator=generator)
+        order = torch.randperm(num_samples, generator=generator).to(device)
         for step in range(steps):
             yield epoch + step / steps, order[step * config.batch_size : (step + 1) * config.batch_size]
 
@@ -169,24 +184,45 @@ class PreparedFeatures:
     num_classes: int
 
 
+def as_tensor(features: Features) -> torch.Tensor:
+    """A torch view of numpy or torch features (no copy when possible)."""
+    return features if isinstance(features, torch.Tensor) else torch.from_numpy(np.asarray(features))
+
+
 def prepare_features(
-    features: Features, labels: Labels, device: torch.device, num_classes: int | None = None
+    features: Features,
+    labels: Labels,
+    device: torch.device,
+    num_classes: int | None = None,
+    chunk: int = 65536,
 ) -> PreparedFeatures:
-    """Check shapes and labels, compute mean/variance in float64 and normalise like BatchNorm1d(eps=1e-6)."""
-    x = torch.as_tensor(to_numpy(features) if not isinstance(features, torch.Tensor) else features)
+    """Check shapes and labels, compute mean/variance in float64 (chunked, so float64 copies stay small) and
+    normalise to float32 like BatchNorm1d(eps=1e-6)."""
+    x = as_tensor(features)
     y = torch.as_tensor(to_numpy(labels)).long()
-    if x.ndim != 2:
-        raise ValueError(f"features must have shape [N, D], got {tuple(x.shape)}")
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"features must have shape [N, D] with N > 0, got {tuple(x.shape)}")
     if y.shape != (x.shape[0],):
         raise ValueError(f"labels must have shape [{x.shape[0]}] to match the features, got {tuple(y.shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError("features contain NaN or inf; fix the feature extraction before probing")
     classes = int(y.max()) + 1 if num_classes is None else num_classes
     if y.min() < 0 or y.max() >= classes:
         raise ValueError(f"labels must lie in [0, {classes}), got [{int(y.min())}, {int(y.max())}]")
-    x64 = x.to(device=device, dtype=torch.float64)
-    mean, var = x64.mean(0), x64.var(0, unbiased=False)
-    normalised = ((x64 - mean) / torch.sqrt(var + 1e-6)).float()
+    starts = range(0, len(x), chunk)
+    total = torch.zeros(x.shape[1], dtype=torch.float64, device=device)
+    for start in starts:
+        part = x[start : start + chunk].to(device, torch.float64)
+        if not torch.isfinite(part).all():
+            raise ValueError("features contain NaN or inf; fix the feature extraction before probing")
+        total += part.sum(0)
+    mean = total / len(x)
+    squares = torch.zeros_like(total)
+    for start in starts:
+        squares += ((x[start : start + chunk].to(device, torch.float64) - mean) ** 2).sum(0)
+    var = squares / len(x)
+    std = torch.sqrt(var + 1e-6)
+    normalised = torch.empty(x.shape, dtype=torch.float32, device=device)
+    for start in starts:
+        normalised[start : start + chunk] = (x[start : start + chunk].to(device, torch.float64) - mean) / std
     return PreparedFeatures(normalised, y.to(device), mean.float(), var.float(), classes)
 
 
@@ -218,8 +254,7 @@ def train_linear_probe(
         )
     else:
         optimizer = torch.optim.SGD(groups, lr=config.peak_lr, momentum=config.momentum)
-    for progress, batch in epoch_batches(len(prepared.labels), config):
-        batch = batch.to(device)
+    for progress, batch in epoch_batches(len(prepared.labels), config, device):
         for group in optimizer.param_groups:
             group["lr"] = scheduled_lr(config.peak_lr, progress, config)
         loss = F.cross_entropy(head.linear(prepared.normalised[batch]), prepared.labels[batch])
@@ -257,8 +292,7 @@ def train_stacked_heads(
         weight0.T.unsqueeze(1).repeat(1, num_heads, 1).to(device), bias0.repeat(num_heads, 1).to(device)
     )
     weight_buffer, bias_buffer = torch.zeros_like(heads.weight), torch.zeros_like(heads.bias)
-    for progress, batch in epoch_batches(len(prepared.labels), config):
-        batch = batch.to(device)
+    for progress, batch in epoch_batches(len(prepared.labels), config, device):
         inputs, targets = prepared.normalised[batch], prepared.labels[batch]
         logit_grad = torch.softmax(heads.logits(inputs), dim=-1)  # d(mean CE)/d(logits) = (p - onehot) / B
         logit_grad[torch.arange(len(batch), device=device), :, targets] -= 1.0
@@ -282,16 +316,22 @@ def train_stacked_heads(
 def predict_logits(head: LinearProbeHead, features: Features, batch_size: int = 8192) -> torch.Tensor:
     """Logits [N, C] on the CPU, computed in batches on the head's device."""
     device = next(head.parameters()).device
-    x = torch.as_tensor(to_numpy(features) if not isinstance(features, torch.Tensor) else features)
-    chunks = [head(x[i : i + batch_size].to(device, torch.float32)).cpu() for i in range(0, len(x), batch_size)]
+    x = as_tensor(features)
+    chunks = [
+        head(x[i : i + batch_size].to(device, torch.float32)).cpu() for i in range(0, len(x), batch_size)
+    ]
     return torch.cat(chunks)
 
 
 @torch.no_grad()
 def _evaluate_stacked(
-    heads: StackedHeads, prepared: PreparedFeatures, features: torch.Tensor, labels: torch.Tensor, chunk: int = 4096
+    heads: StackedHeads,
+    prepared: PreparedFeatures,
+    features: torch.Tensor,
+    labels: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-head top-1 (percent) and mean cross-entropy on raw features normalised with `prepared`'s stats."""
+    chunk = max(1, 2**24 // heads.bias.numel())  # bounds the [chunk, H, C] logits to 16M values
     correct = torch.zeros(heads.bias.shape[0], device=heads.bias.device, dtype=torch.float64)
     loss = torch.zeros_like(correct)
     std = torch.sqrt(prepared.var.double() + 1e-6)
@@ -311,10 +351,12 @@ class ProbeSweepConfig:
     (whose own base_lr and weight_decay are replaced by the grid values)."""
 
     base_lrs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)
-    weight_decays: tuple[float, ...] = (0.0, 1e-4, 1e-3, 1e-2)
+    weight_decays: tuple[float, ...] = (0.0, 1e-4)
     holdout_fraction: float = 0.1
     training: LinearProbeConfig = field(
-        default_factory=lambda: LinearProbeConfig(epochs=30, warmup_epochs=3, batch_size=256, optimizer="sgd")
+        default_factory=lambda: LinearProbeConfig(
+            epochs=10, warmup_epochs=1, batch_size=1024, optimizer="sgd"
+        )
     )
 
     def __post_init__(self) -> None:
@@ -352,7 +394,7 @@ def sweep_linear_probe(
     train_labels = to_numpy(train_y).astype(np.int64)
     num_classes = int(max(train_labels.max(), to_numpy(val_y).max())) + 1
     fit_idx, holdout_idx = stratified_split(train_labels, config.holdout_fraction, config.training.seed)
-    train_tensor = torch.as_tensor(to_numpy(train_x) if not isinstance(train_x, torch.Tensor) else train_x)
+    train_tensor = as_tensor(train_x)
     prepared = prepare_features(train_tensor[fit_idx], train_labels[fit_idx], device, num_classes)
     settings = config.settings()
     heads = train_stacked_heads(
@@ -372,7 +414,9 @@ def sweep_linear_probe(
         for (lr, wd), top1, loss in zip(settings, holdout_top1.tolist(), holdout_loss.tolist(), strict=True)
     ]
     best = min(range(len(grid)), key=lambda i: (-grid[i]["holdout_top1"], grid[i]["holdout_loss"], i))
-    selected = replace(config.training, base_lr=grid[best]["base_lr"], weight_decay=grid[best]["weight_decay"])
+    selected = replace(
+        config.training, base_lr=grid[best]["base_lr"], weight_decay=grid[best]["weight_decay"]
+    )
     head = train_linear_probe(train_tensor, train_labels, selected, num_classes)
     val = topk_accuracy(predict_logits(head, val_x), to_numpy(val_y), ks=(1, 5))
     return SweepResult(grid=grid, selected=selected, head=head, val=val)

@@ -32,27 +32,36 @@ def _check_scores(scores: np.ndarray, targets: np.ndarray) -> None:
     if targets.shape != (scores.shape[0],):
         raise ValueError(f"targets must have shape [{scores.shape[0]}] to match scores, got {targets.shape}")
     if targets.size and (targets.min() < 0 or targets.max() >= scores.shape[1]):
-        raise ValueError(f"targets must lie in [0, {scores.shape[1]}); got range [{targets.min()}, {targets.max()}]")
+        raise ValueError(
+            f"targets must lie in [0, {scores.shape[1]}); got range [{targets.min()}, {targets.max()}]"
+        )
+
+
+def topk_correct(scores: ArrayLike, targets: ArrayLike, ks: Sequence[int] = (1, 5)) -> dict[int, int]:
+    """Number of samples whose true label is among the k highest scores, for each k."""
+    scores_np, targets_np = to_numpy(scores), to_numpy(targets).astype(np.int64)
+    _check_scores(scores_np, targets_np)
+    num_classes = scores_np.shape[1]
+    ranked = np.argsort(-scores_np, axis=1, kind="stable")[:, : min(max(ks), num_classes)]
+    hits = ranked == targets_np[:, None]
+    return {k: int(hits[:, : min(k, num_classes)].any(axis=1).sum()) for k in ks}
 
 
 def topk_accuracy(scores: ArrayLike, targets: ArrayLike, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
     """Top-k accuracy in percent for each k, keyed `top{k}`."""
-    scores_np, targets_np = to_numpy(scores), to_numpy(targets).astype(np.int64)
-    _check_scores(scores_np, targets_np)
-    if targets_np.size == 0:
+    num_samples = len(to_numpy(targets))
+    if num_samples == 0:
         raise ValueError("topk_accuracy needs at least one sample")
-    num_classes = scores_np.shape[1]
-    max_k = min(max(ks), num_classes)
-    ranked = np.argsort(-scores_np, axis=1, kind="stable")[:, :max_k]
-    hits = ranked == targets_np[:, None]
-    return {f"top{k}": float(100.0 * hits[:, : min(k, num_classes)].any(axis=1).mean()) for k in ks}
+    return {f"top{k}": 100.0 * hits / num_samples for k, hits in topk_correct(scores, targets, ks).items()}
 
 
 def confusion_matrix(predictions: ArrayLike, targets: ArrayLike, num_classes: int) -> np.ndarray:
     """Counts [C, C]: row = true class, column = predicted class."""
     preds_np, targets_np = to_numpy(predictions).astype(np.int64), to_numpy(targets).astype(np.int64)
     if preds_np.shape != targets_np.shape:
-        raise ValueError(f"predictions {preds_np.shape} and targets {targets_np.shape} must have the same shape")
+        raise ValueError(
+            f"predictions {preds_np.shape} and targets {targets_np.shape} must have the same shape"
+        )
     for name, values in (("predictions", preds_np), ("targets", targets_np)):
         if values.size and (values.min() < 0 or values.max() >= num_classes):
             raise ValueError(f"{name} must lie in [0, {num_classes}); raise num_classes or fix the labels")

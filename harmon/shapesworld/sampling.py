@@ -6,11 +6,11 @@ import math
 
 import numpy as np
 
-from harmon.shapesworld.scene import TEXTURES, Scene, ShapesWorldConfig, ShapeObject, Stroke, Texture
+from harmon.shapesworld.scene import TEXTURES, Scene, ShapeObject, ShapesWorldConfig, Stroke, Texture
 from harmon.shapesworld.vocab import SIZES
 
 PLACEMENT_ATTEMPTS = 200
-LAYOUT_RESTARTS = 20
+LAYOUT_RESTARTS = 100
 CLUTTER_STROKES = (3, 7)
 TEXTURE_AMPLITUDE = (4.0, 9.0)
 
@@ -26,32 +26,29 @@ def make_rng(rng_or_seed: RngLike) -> np.random.Generator:
 
 def min_gap(image_size: int) -> float:
     """Smallest distance in pixels kept between the circumcircles of two objects."""
-    return max(2.0, 0.03 * image_size)
+    return 0.045 * image_size
 
 
-def place_centers(
-    rng: np.random.Generator, radii: list[float], image_size: int
-) -> list[tuple[float, float]]:
+def place_centers(rng: np.random.Generator, radii: list[float], image_size: int) -> list[tuple[float, float]]:
     """Centres for circles of the given radii, inside the image and `min_gap` apart (rejection sampling).
 
     Raises ValueError when no layout is found within the bounded number of tries.
     """
     gap = min_gap(image_size)
     for _ in range(LAYOUT_RESTARTS):
-        centers: list[tuple[float, float]] = []
-        for radius in radii:
+        centers = np.empty((0, 2))
+        for i, radius in enumerate(radii):
             low, high = radius + 1.0, image_size - radius - 1.0
             if low > high:
                 break
-            for _ in range(PLACEMENT_ATTEMPTS):
-                x, y = rng.uniform(low, high, 2)
-                if all(math.dist((x, y), c) >= radius + r + gap for c, r in zip(centers, radii, strict=False)):
-                    centers.append((float(x), float(y)))
-                    break
-            else:
+            candidates = rng.uniform(low, high, (PLACEMENT_ATTEMPTS, 2))
+            distances = np.linalg.norm(candidates[:, None, :] - centers[None, :, :], axis=-1)
+            fits = np.all(distances >= radius + np.asarray(radii[:i]) + gap, axis=1)
+            if not fits.any():
                 break
+            centers = np.vstack([centers, candidates[fits.argmax()]])
         if len(centers) == len(radii):
-            return centers
+            return [(float(x), float(y)) for x, y in centers]
     raise ValueError(
         f"could not place {len(radii)} objects with radii {[round(r, 1) for r in radii]} px without overlap "
         f"in a {image_size} px image; use fewer objects, smaller sizes or a larger image_size"

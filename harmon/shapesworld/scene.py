@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from harmon.shapesworld.vocab import (
@@ -109,7 +109,7 @@ class ShapesWorldConfig:
     sizes: tuple[str, ...] = tuple(SIZES)
     texture: bool = False
     clutter: bool = False
-    background: tuple[int, int, int] = field(default=BACKGROUND)
+    background: tuple[int, int, int] = BACKGROUND
 
     def __post_init__(self) -> None:
         require_image_size(self.image_size)
@@ -118,7 +118,11 @@ class ShapesWorldConfig:
                 f"object counts min_objects={self.min_objects}, max_objects={self.max_objects} are invalid; "
                 f"use 1 <= min_objects <= max_objects <= {MAX_OBJECTS}"
             )
-        for kind, names, known in (("shape", self.shapes, SHAPES), ("color", self.colors, COLORS), ("size", self.sizes, SIZES)):
+        for kind, names, known in (
+            ("shape", self.shapes, SHAPES),
+            ("color", self.colors, COLORS),
+            ("size", self.sizes, SIZES),
+        ):
             if not names:
                 raise ValueError(f"config lists no {kind}s; give at least one of {list(known)}")
             require_known(kind, names, known)

@@ -1,0 +1,1 @@
+"""Visual encoder adapters behind one feature contract (above `harmon/`, below `probe/`)."""

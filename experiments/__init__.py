@@ -1,0 +1,1 @@
+"""Recipes, presets, benchmarks and the `harmon` command line (top layer)."""

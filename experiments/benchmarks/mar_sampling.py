@@ -1,0 +1,109 @@
+"""Images/s of class-conditional MAR sampling, with the time split between encoder, decoder and diffusion head.
+
+    python -m experiments.benchmarks.mar_sampling --sizes tiny,mar_base --batch-sizes 1,16 --num-iter 64
+
+Random weights (speed does not depend on them). On CUDA the clock waits for the device at every split.
+Writes a JSON file and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from harmon.mar import MAR, MARConfig, mar_config
+
+TINY = MARConfig(
+    encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=4, decoder_embed_dim=64, decoder_depth=2,
+    decoder_num_heads=4, diffloss_d=2, diffloss_w=128,
+)
+
+
+class SplitTimer:
+    """Accumulates wall time per part by wrapping the model's encoder, decoder and diffusion-sampling calls."""
+
+    def __init__(self, model: MAR, device: torch.device):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.device = device
+        model.forward_mae_encoder = self._wrap("encoder", model.forward_mae_encoder)
+        model.forward_mae_decoder = self._wrap("decoder", model.forward_mae_decoder)
+        model.diffloss.sample = self._wrap("diffusion", model.diffloss.sample)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _wrap(self, name: str, fn):
+        def timed(*args, **kwargs):
+            with self.part(name):
+                return fn(*args, **kwargs)
+
+        return timed
+
+    @contextmanager
+    def part(self, name: str):
+        self._sync()
+        start = time.perf_counter()
+        yield
+        self._sync()
+        self.seconds[name] += time.perf_counter() - start
+
+
+def bench(size: str, batch: int, num_iter: int, cfg: float, device: torch.device, dtype: torch.dtype) -> dict:
+    config = TINY if size == "tiny" else mar_config(size)
+    model = MAR(config).to(device, dtype).eval()
+    labels = torch.arange(batch, device=device) % config.class_num
+    model.sample_tokens(batch, num_iter=2, cfg=cfg, labels=labels, seed=0)  # warm-up
+    timer = SplitTimer(model, device)
+    with timer.part("total"):
+        model.sample_tokens(batch, num_iter=num_iter, cfg=cfg, labels=labels, seed=0)
+    total = timer.seconds["total"]
+    return {
+        "size": size, "batch": batch, "num_iter": num_iter, "cfg": cfg, "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."), "seconds": total, "images_per_s": batch / total,
+        "split_s": {k: timer.seconds[k] for k in ("encoder", "decoder", "diffusion")},
+        "other_s": total - sum(timer.seconds[k] for k in ("encoder", "decoder", "diffusion")),
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="tiny,mar_base", help="comma list of 'tiny', 'mar_base', 'mar_large', 'mar_huge'")
+    parser.add_argument("--batch-sizes", default="1,16", help="comma list of batch sizes")
+    parser.add_argument("--num-iter", type=int, default=64, help="MAR decoding steps")
+    parser.add_argument("--cfg", type=float, default=2.9, help="guidance scale (1.0 = no CFG, half the work)")
+    parser.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
+    parser.add_argument("--dtype", default="auto", help="'auto' (bf16 on CUDA, fp32 on CPU), 'fp32' or 'bf16'")
+    parser.add_argument("--out", default="runs/benchmarks/mar_sampling.json", help="JSON output path")
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(
+        args.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    rows = [bench(size, int(b), args.num_iter, args.cfg, device, dtype)
+            for size in args.sizes.split(",") for b in args.batch_sizes.split(",")]
+
+    table = Table("model", "batch", "steps", "images/s", "total s", "encoder s", "decoder s", "diffusion s", "other s",
+                  title=f"MAR class-conditional sampling on {device} ({str(dtype).removeprefix('torch.')}, cfg {args.cfg})")
+    for r in rows:
+        s = r["split_s"]
+        table.add_row(r["size"], str(r["batch"]), str(r["num_iter"]), f"{r['images_per_s']:.3f}", f"{r['seconds']:.1f}",
+                      f"{s['encoder']:.1f}", f"{s['decoder']:.1f}", f"{s['diffusion']:.1f}", f"{r['other_s']:.1f}")
+    Console().print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"threads": torch.get_num_threads(), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
