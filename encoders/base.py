@@ -31,7 +31,7 @@ _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Im
 class Preprocess:
     """How a PIL image becomes the (3, S, S) tensor an encoder was trained on.
 
-    crop: "center" (resize the short side, centre crop), "resize" (squash to S x S),
+    crop: "center" (resize the short side to S / crop_pct, centre crop S), "resize" (squash to S x S),
     "pad" (pad to a square with grey (127, 127, 127), then resize, as Harmon's understanding path).
     Pixels are scaled to [0, 1], then normalised with mean/std.
     """
@@ -41,12 +41,15 @@ class Preprocess:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     interpolation: str = "bicubic"
+    crop_pct: float = 1.0
 
     def __post_init__(self) -> None:
         if self.crop not in ("center", "resize", "pad"):
             raise ValueError(f"crop={self.crop!r}; use 'center', 'resize' or 'pad'")
         if self.interpolation not in _RESAMPLE:
             raise ValueError(f"interpolation={self.interpolation!r}; use one of {sorted(_RESAMPLE)}")
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop_pct={self.crop_pct} must be in (0, 1]")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,7 +72,7 @@ class Preprocess:
         elif self.crop == "resize":
             image = image.resize((size, size), resample)
         else:
-            scale = size / min(image.size)
+            scale = size / self.crop_pct / min(image.size)
             w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
             image = image.resize((w, h), resample)
             left, top = (w - size) // 2, (h - size) // 2

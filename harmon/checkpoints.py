@@ -165,12 +165,40 @@ def tensors_only(state: Mapping[str, Any], what: str) -> dict[str, torch.Tensor]
     return dict(state)
 
 
+def unwrap_state(
+    state: Mapping[str, Any], what: str, wrappers: Iterable[str] = ("model", "state_dict"),
+    prefixes: Iterable[str] = (),
+) -> dict[str, torch.Tensor]:
+    """Take the first wrapper entry present (e.g. `{"model": ...}`), strip the first prefix any key has."""
+    for wrapper in wrappers:
+        if isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
+            break
+    for prefix in prefixes:
+        if any(name.startswith(prefix) for name in state):
+            state = {name[len(prefix) :]: v for name, v in state.items() if name.startswith(prefix)}
+            break
+    return tensors_only(state, what)
+
+
+def read_metadata(source: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a safetensors file ({} for other formats)."""
+    path = resolve(source)
+    if path.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
 def _shapes(expected: nn.Module | Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     items = expected.state_dict().items() if isinstance(expected, nn.Module) else expected.items()
     return {k: tuple(v.shape) for k, v in items}
 
 
-def _listing(title: str, names: list[str], limit: int = 12) -> str:
+def format_keys(title: str, names: list[str], limit: int = 12) -> str:
+    """An indented listing of key names, the first `limit` shown, for error messages."""
     shown = "\n    ".join(names[:limit])
     more = f"\n    ... and {len(names) - limit} more" if len(names) > limit else ""
     return f"  {title} ({len(names)}):\n    {shown}{more}"
@@ -194,7 +222,7 @@ def check_keys(
     parts = [f"{what} does not match the model:"]
     for title, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
         if names:
-            parts.append(_listing(title, names))
+            parts.append(format_keys(title, names))
     if looks_like:
         parts.append(f"  the file looks like: {looks_like}")
     raise CheckpointError("\n".join(parts))

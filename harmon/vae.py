@@ -17,7 +17,16 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL
 
-from harmon.checkpoints import CheckpointError, check_keys, load_file, resolve, save_safetensors, tensors_only
+from harmon.checkpoints import (
+    CheckpointError,
+    check_keys,
+    format_keys,
+    load_file,
+    read_metadata,
+    resolve,
+    save_safetensors,
+    unwrap_state,
+)
 
 KL16_SCALE = 0.2325
 CONFIG_METADATA_KEY = "harmon_vae_config"
@@ -134,10 +143,10 @@ def _convert(state: Mapping[str, torch.Tensor], num_levels: int | None, forward:
         out[new] = tensor
     if left_over:
         source, target = ("LDM", "diffusers") if forward else ("diffusers", "LDM")
-        shown = ", ".join(left_over[:12]) + (f" ... and {len(left_over) - 12} more" if len(left_over) > 12 else "")
         raise CheckpointError(
-            f"{len(left_over)} {source} key(s) have no {target} AutoencoderKL equivalent ({levels} levels): {shown}. "
-            "Is this a KL autoencoder state dict (encoder./decoder./quant_conv./post_quant_conv. only)?"
+            f"{len(left_over)} {source} key(s) have no {target} AutoencoderKL equivalent ({levels} levels); "
+            "is this a KL autoencoder state dict (encoder./decoder./quant_conv./post_quant_conv. only)?\n"
+            + format_keys("left over", left_over)
         )
     return out
 
@@ -156,28 +165,6 @@ def diffusers_to_ldm(state: Mapping[str, torch.Tensor], num_levels: int | None =
     return _convert(state, num_levels, forward=False)
 
 
-def _unwrap(state: Mapping[str, Any], what: str) -> dict[str, torch.Tensor]:
-    for wrapper in ("model", "state_dict"):
-        if isinstance(state.get(wrapper), Mapping):
-            state = state[wrapper]
-            break
-    for prefix in ("first_stage_model.", "vae."):
-        if any(name.startswith(prefix) for name in state):
-            state = {name[len(prefix):]: v for name, v in state.items() if name.startswith(prefix)}
-            break
-    return tensors_only(state, what)
-
-
-def _saved_config(path: Path) -> dict | None:
-    if path.suffix != ".safetensors":
-        return None
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        text = (f.metadata() or {}).get(CONFIG_METADATA_KEY)
-    return None if text is None else json.loads(text)
-
-
 def load_kl16(source: str | os.PathLike = "kl16", config: Mapping[str, Any] | None = None) -> AutoencoderKL:
     """Load KL-16 weights strictly into a frozen `AutoencoderKL` in eval mode.
 
@@ -187,8 +174,9 @@ def load_kl16(source: str | os.PathLike = "kl16", config: Mapping[str, Any] | No
     """
     path = resolve(source)
     what = f"KL-16 VAE weights in {path}"
-    state = _unwrap(load_file(path), what)
-    config = config if config is not None else _saved_config(path) or kl16_config()
+    state = unwrap_state(load_file(path), what, prefixes=("first_stage_model.", "vae."))
+    saved = read_metadata(path).get(CONFIG_METADATA_KEY)
+    config = config if config is not None else json.loads(saved) if saved else kl16_config()
     vae = build_kl16(config)
     diffusers_layout = any(_DIFFUSERS_NAME.match(name) for name in state)
     looks_like = (

@@ -1,0 +1,133 @@
+"""The MAR encoder over KL-16 latents (MAR-B / L / H), as Harmon reads images.
+
+Pixels in [-1, 1] -> KL-16 posterior mode x 0.2325 -> patchify -> the unmasked MAR encoder with all buffer slots
+filled with `fake_latent` (no class label enters). Output (B, 64 + h*w, D): the 64 buffer tokens are the prefix,
+then the 16 x 16 image tokens at 256 px (D = 768 / 1024 / 1280). Poolings: "mean" of the image tokens (default) and
+"buffer_mean". Other sizes that are multiples of 16 give other grids (position embeddings resized bilinearly).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL
+from torch import nn
+
+from encoders.adapters.common import explain, freeze, resolve_layer
+from encoders.base import Encoder, Preprocess
+from encoders.registry import register
+from harmon.checkpoints import KNOWN_FILES, CheckpointError
+from harmon.mar import MAR, mar_config
+from harmon.pretrained import load_mar
+from harmon.vae import KL16_SCALE, build_kl16, encode, load_kl16
+
+# MAR parts that image features never use: the class table, the decoder and the diffusion head
+UNUSED = ("class_emb", "decoder_embed", "mask_token", "decoder_pos_embed_learned", "decoder_blocks", "decoder_norm",
+          "diffusion_pos_embed_learned", "diffloss")
+
+
+class MAREncoder(Encoder):
+    """KL-16 encoder + MAR encoder; the MAR decoder, diffusion head and class embeddings are dropped."""
+
+    poolings = ("mean", "buffer_mean")
+    default_pooling = "mean"
+
+    def __init__(self, name: str, mar: MAR, vae: AutoencoderKL, image_size: int | None = None):
+        if vae.config.latent_channels != mar.config.vae_embed_dim:
+            raise ValueError(f"{name}: the VAE has {vae.config.latent_channels} latent channels, the MAR expects "
+                             f"{mar.config.vae_embed_dim}")
+        super().__init__(Preprocess(image_size=image_size or mar.config.img_size, crop="center",
+                                    mean=(0.5,) * 3, std=(0.5,) * 3))
+        self.name = name
+        for part in UNUSED:
+            delattr(mar, part)
+        vae.decoder = vae.post_quant_conv = None
+        self.mar = freeze(mar)
+        self.vae = freeze(vae)
+        self.num_prefix_tokens = mar.buffer_size
+        self.stride = 2 ** (len(vae.config.block_out_channels) - 1) * mar.config.patch_size
+
+    def grid_for(self, height: int, width: int) -> tuple[int, int]:
+        s = self.stride
+        if height % s or width % s:
+            fix = f"{max(s, round(height / s) * s)}x{max(s, round(width / s) * s)}"
+            raise ValueError(f"{self.name}: a {height}x{width} image does not split into {s}-pixel tokens (VAE "
+                             f"stride x MAR patch); resize or crop it to multiples of {s} (e.g. {fix})")
+        return height // s, width // s
+
+    def num_layers(self) -> int:
+        return len(self.mar.encoder_blocks)
+
+    def cam_layer(self) -> nn.Module:
+        return self.mar.encoder_blocks[-1]
+
+    def forward_sequence(self, pixels: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """Tokens after encoder block `layer` (the last one is followed by encoder_norm)."""
+        grid = self.grid_for(*pixels.shape[-2:])
+        blocks = resolve_layer(layer, self.num_layers(), self.name) + 1
+        tokens = self.mar.patchify(encode(self.vae, pixels))
+        return self.mar.encode_features(tokens, image_shape=grid, num_blocks=blocks)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "mar": self.mar.config.to_dict(), "latents": f"posterior mode x {KL16_SCALE}",
+                "buffers": "fake_latent", "default_pooling": self.default_pooling,
+                "layers": "encoder_blocks[k]; the last block followed by encoder_norm"}
+
+
+def build_mar(name: str, variant: str, weights: str | os.PathLike | None, vae: str | os.PathLike | None,
+              config: Mapping[str, Any] | None, vae_config: Mapping[str, Any] | None, ema: bool,
+              image_size: int | None) -> MAREncoder:
+    """weights: None (the official release of `variant`), a checkpoint path / known name, or "random".
+
+    config: MARConfig overrides (with a file, the structure is read off the file and `config` adds what shapes do
+    not tell, e.g. head counts). vae: KL-16 source (default "kl16", or "random" when weights="random").
+    """
+    config = dict(config or {})
+    if weights == "random":
+        mar = MAR(mar_config(variant, **config))
+    else:
+        source = weights or {"mar_base": "mar-base", "mar_large": "mar-large", "mar_huge": "mar-huge"}[variant]
+        try:
+            mar = load_mar(source, variant=None if config else variant, ema=ema, **config)
+        except CheckpointError as err:
+            raise explain(err, name, source) from err
+    vae = vae or ("random" if weights == "random" else "kl16")
+    if vae == "random":
+        kl16 = build_kl16(vae_config)
+    else:
+        try:
+            kl16 = load_kl16(vae, vae_config)
+        except CheckpointError as err:
+            raise explain(err, f"{name} (vae=)", vae) from err
+    return MAREncoder(name, mar, kl16, image_size)
+
+
+def _source(known: str) -> str:
+    return f"{KNOWN_FILES[known]} (model_ema) + KL-16 {KNOWN_FILES['kl16']}"
+
+
+@register("mar-b", family="mar", source=_source("mar-base"), aliases=("mar",))
+def build_mar_b(weights: str | None = None, vae: str | None = None, config: Mapping[str, Any] | None = None,
+                vae_config: Mapping[str, Any] | None = None, ema: bool = True,
+                image_size: int | None = None) -> MAREncoder:
+    """MAR-B (encoder 768 x 12). See `build_mar` for the options."""
+    return build_mar("mar-b", "mar_base", weights, vae, config, vae_config, ema, image_size)
+
+
+@register("mar-l", family="mar", source=_source("mar-large"))
+def build_mar_l(weights: str | None = None, vae: str | None = None, config: Mapping[str, Any] | None = None,
+                vae_config: Mapping[str, Any] | None = None, ema: bool = True,
+                image_size: int | None = None) -> MAREncoder:
+    """MAR-L (encoder 1024 x 16). See `build_mar` for the options."""
+    return build_mar("mar-l", "mar_large", weights, vae, config, vae_config, ema, image_size)
+
+
+@register("mar-h", family="mar", source=_source("mar-huge"))
+def build_mar_h(weights: str | None = None, vae: str | None = None, config: Mapping[str, Any] | None = None,
+                vae_config: Mapping[str, Any] | None = None, ema: bool = True,
+                image_size: int | None = None) -> MAREncoder:
+    """MAR-H (encoder 1280 x 20). See `build_mar` for the options."""
+    return build_mar("mar-h", "mar_huge", weights, vae, config, vae_config, ema, image_size)
