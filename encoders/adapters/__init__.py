@@ -1,3 +1,3 @@
 """Encoder adapters; importing this package registers them all."""
 
-from encoders.adapters import mar, pixels, siglip, timm_generic, vae, vqgan  # noqa: F401
+from encoders.adapters import harmon_mar, mar, pixels, siglip, timm_generic, vae, vqgan  # noqa: F401

@@ -1,0 +1,85 @@
+"""The MAR encoder as trained inside Harmon, read from a `harmon_*.pth` file, before or after `proj_in`.
+
+Probing it beside the original MAR release shows what multimodal training did to the encoder. Features:
+`projected=False` (default) gives the MAR encoder output (B, 64 + h*w, C_mar); `projected=True` applies Harmon's
+`proj_in` MLP (Linear-SiLU-Linear, C_mar -> LLM width), i.e. what the LLM receives before the buffer reordering.
+Harmon reads images at 512 px; pass `image_size=` to choose (256 px gives the MAR's native 16 x 16 grid).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from encoders.adapters.common import explain
+from encoders.adapters.mar import MAREncoder
+from encoders.registry import register
+from harmon.checkpoints import KNOWN_FILES, CheckpointError, check_keys, load_file
+from harmon.mar import MAR
+from harmon.pretrained import infer_mar_config, mar_state_from_file
+from harmon.vae import build_kl16, load_kl16
+
+
+def projector(state: Mapping[str, torch.Tensor], what: str) -> nn.Sequential:
+    """Harmon's proj_in (Linear, SiLU, Linear) loaded strictly from `proj_in.*` keys."""
+    weights = {k[len("proj_in.") :]: v for k, v in state.items() if k.startswith("proj_in.")}
+    if "0.weight" not in weights or "2.weight" not in weights:
+        raise CheckpointError(f"{what} has no proj_in.0/proj_in.2 weights; is it a Harmon checkpoint?")
+    hidden, width = weights["0.weight"].shape
+    proj = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+    check_keys(proj, weights, f"{what} (proj_in)")
+    proj.load_state_dict(weights)
+    return proj
+
+
+class HarmonMAREncoder(MAREncoder):
+    """MAR encoder from a Harmon checkpoint; optionally followed by `proj_in`."""
+
+    def __init__(self, name: str, mar: MAR, vae, proj_in: nn.Sequential | None, image_size: int):
+        super().__init__(name, mar, vae, image_size)
+        self.proj_in = proj_in.requires_grad_(False) if proj_in is not None else None
+
+    def forward_sequence(self, pixels: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        x = super().forward_sequence(pixels, layer)
+        last = layer is None or layer % self.num_layers() == self.num_layers() - 1
+        return self.proj_in(x) if self.proj_in is not None and last else x
+
+    def describe(self) -> dict:
+        return {**super().describe(), "projected": self.proj_in is not None}
+
+
+def build_harmon_mar(name: str, default: str, weights: str | os.PathLike | None, vae: str | os.PathLike | None,
+                     projected: bool, image_size: int, config: Mapping[str, Any] | None,
+                     vae_config: Mapping[str, Any] | None) -> HarmonMAREncoder:
+    source = weights or default
+    try:
+        state = load_file(source)
+        mar_state = mar_state_from_file(state)
+        mar = MAR(infer_mar_config(mar_state, **dict(config or {})))
+        check_keys(mar, mar_state, f"the mar.* part of {source}")
+        mar.load_state_dict(mar_state)
+        proj = projector(state, str(source)) if projected else None
+        kl16 = build_kl16(vae_config) if vae == "random" else load_kl16(vae or "kl16", vae_config)
+    except CheckpointError as err:
+        raise explain(err, name, source) from err
+    return HarmonMAREncoder(name, mar, kl16, proj, image_size)
+
+
+@register("harmon-0.5b-mar", family="mar", source=f"{KNOWN_FILES['harmon-0.5b']} (mar.*, proj_in.*) + KL-16")
+def build_harmon_05b(weights: str | None = None, vae: str | None = None, projected: bool = False,
+                     image_size: int = 512, config: Mapping[str, Any] | None = None,
+                     vae_config: Mapping[str, Any] | None = None) -> HarmonMAREncoder:
+    """The MAR-B encoder inside Harmon-0.5B (options: projected, image_size, vae)."""
+    return build_harmon_mar("harmon-0.5b-mar", "harmon-0.5b", weights, vae, projected, image_size, config, vae_config)
+
+
+@register("harmon-1.5b-mar", family="mar", source=f"{KNOWN_FILES['harmon-1.5b']} (mar.*, proj_in.*) + KL-16")
+def build_harmon_15b(weights: str | None = None, vae: str | None = None, projected: bool = False,
+                     image_size: int = 512, config: Mapping[str, Any] | None = None,
+                     vae_config: Mapping[str, Any] | None = None) -> HarmonMAREncoder:
+    """The MAR-H encoder inside Harmon-1.5B (options: projected, image_size, vae)."""
+    return build_harmon_mar("harmon-1.5b-mar", "harmon-1.5b", weights, vae, projected, image_size, config, vae_config)
