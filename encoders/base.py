@@ -22,6 +22,7 @@ POOLINGS = {
     "cls": "the first prefix token (CLS-style encoders)",
     "map": "the encoder's attention-pooling head (SigLIP)",
     "buffer_mean": "mean of the prefix tokens (MAR's 64 buffers)",
+    "flatten": "all patch tokens concatenated (N * D values; the raw-pixel and latent baselines)",
 }
 
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "box": Image.BOX}
@@ -141,6 +142,8 @@ class Encoder(nn.Module):
             return sequence[:, 0]
         if method == "buffer_mean":
             return sequence[:, :p].mean(dim=1)
+        if method == "flatten":
+            return sequence[:, p:].flatten(1)
         return self.map_pool(sequence)
 
     def forward(self, pixels: torch.Tensor, layer: int | None = None, pooling: str | None = None) -> Features:

@@ -439,5 +439,7 @@ def sklearn_logreg_probe(
     model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
     model.fit(to_numpy(train_x), train_labels)
     scores = model.decision_function(to_numpy(val_x))
+    if scores.ndim == 1:  # binary problems give one margin per sample
+        scores = np.stack([-scores, scores], axis=1)
     metrics = topk_accuracy(scores, to_numpy(val_y), ks=(1, 5))
     return {**metrics, "iterations": int(model[-1].n_iter_.max())}

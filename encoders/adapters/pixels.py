@@ -14,6 +14,8 @@ class PixelEncoder(Encoder):
     """Average-pools pixels into `patch` x `patch` cells; each cell's RGB values are one token."""
 
     name = "pixels"
+    poolings = ("flatten", "mean")
+    default_pooling = "flatten"
 
     def __init__(self, image_size: int = 32, patch: int = 4):
         super().__init__(Preprocess(image_size=image_size, crop="center", mean=(0.5,) * 3, std=(0.5,) * 3))
