@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/harmon demo
+	$(BIN)/harmon figure2 --preset mini
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

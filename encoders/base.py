@@ -91,7 +91,7 @@ class Features:
     tokens: torch.Tensor  # (B, N, D) patch tokens, row-major over `grid`
     grid: tuple[int, int]  # (h, w), h * w == N
     prefix: torch.Tensor  # (B, P, D) prefix tokens (P may be 0)
-    pooled: torch.Tensor  # (B, D)
+    pooled: torch.Tensor  # (B, D); (B, N * D) for the "flatten" pooling
     pooling: str = field(default="mean")
 
 

@@ -160,7 +160,11 @@ def paper_config(data: Path, out: Path, cache: Path | None, batch_size: int, wor
 
 
 def figure2(
-    preset: Annotated[str, typer.Option(help="Which Figure 2 setting to run; available: 'paper'.")] = "paper",
+    preset: Annotated[str, typer.Option(help="'mini' (offline: tiny VQGAN, VAE, MAR and SigLIP-style encoders "
+                                             "pretrained here on ShapesWorld and Fashion-MNIST, then probed; what "
+                                             "`make demo` runs), 'micro' (the same in seconds, a smoke test) or "
+                                             "'paper' (MAR-B, KL-16, VQGAN, SigLIP-B/16 on ImageNet; needs --data "
+                                             "and the hub weights).")] = "paper",
     data: Annotated[Path | None, typer.Option(help="ImageNet-1K folder with train/<wnid>/* and val/<wnid>/*.")] = None,
     batch_size: BatchSize = 128,
     workers: Workers = 8,
@@ -168,16 +172,30 @@ def figure2(
     dtype: Dtype = "bf16",
     cache: Cache = None,
     dry_run: Annotated[bool, typer.Option(help="Print the planned run and exit without running it.")] = False,
-    out: Annotated[Path, typer.Option(help="Run folder of the study.")] = Path("runs/figure2"),
+    out: Annotated[Path | None, typer.Option(help="Run folder (default: runs/figure2 for paper, "
+                                                  "runs/figure2-<preset> otherwise).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the mini/micro presets (data, pretraining, probes).")] = 0,
 ) -> None:
-    """Reproduce Figure 2 of the Harmon paper: linear probes of MAR, VAE, VQGAN and SigLIP on ImageNet."""
+    """Reproduce Figure 2 of the Harmon paper: linear probes and Grad-CAM++ of MAR, VAE, VQGAN and SigLIP."""
     import json
     from dataclasses import asdict
 
+    from harmon.checkpoints import cache_dir
     from probe.study import run_probe_study
 
+    if preset in ("mini", "micro"):
+        from experiments.figure2_mini import run_mini
+
+        out = out or Path(f"runs/figure2-{preset}")
+        pretrained = cache or cache_dir() / f"figure2-{preset}"
+        console.print(f"Mini Figure 2 ({preset}): tiny encoders are pretrained once and kept in {pretrained}")
+        _run(lambda: run_mini(out, pretrained, seed=seed, scale=preset, console=console))
+        console.print(f"Wrote [bold]{out}/[/]: report.md (the Figure 2 table, ours beside the paper's), "
+                      "results.json and the plots (PNG and PDF)")
+        return
     if preset != "paper":
-        raise typer.BadParameter(f"preset {preset!r} is not available yet; available presets: paper", param_hint="--preset")
+        raise typer.BadParameter(f"preset {preset!r} is not available; use mini, micro or paper", param_hint="--preset")
+    out = out or Path("runs/figure2")
     if data is None:
         raise typer.BadParameter("the paper preset needs --data IMAGENET_DIR (with train/ and val/ class folders)",
                                  param_hint="--data")

@@ -104,7 +104,7 @@ class GaussianDiffusion:
                 last = alpha_cumprod
                 timestep_map.append(i)
         self.betas = np.array(betas, dtype=np.float64)
-        self.timestep_map = torch.tensor(timestep_map, dtype=torch.long)
+        self.timestep_map = torch.tensor(timestep_map, dtype=torch.long, device="cpu")
         self.num_timesteps = len(betas)
 
         alphas = 1.0 - self.betas

@@ -26,10 +26,11 @@ def infer_mar_config(state: dict[str, torch.Tensor], **overrides: Any) -> MARCon
     """Read a MARConfig off the tensor shapes of an official-layout state dict.
 
     Head counts are not visible in shapes: they come from the matching released variant, else dim // 64.
-    Token size: patch 1 and vae_embed_dim = z_proj input width unless overridden.
+    Token size: patch 1 and vae_embed_dim = z_proj input width unless overridden. Without `class_emb`
+    (Harmon never uses it) the released 1000 classes are assumed.
     """
     needed = ["z_proj.weight", MAR_ANCHOR, "diffusion_pos_embed_learned", "decoder_embed.weight",
-              "class_emb.weight", "diffloss.net.input_proj.weight"]
+              "diffloss.net.input_proj.weight"]
     absent = [k for k in needed if k not in state]
     if absent:
         raise CheckpointError(f"this is not a MAR state dict: keys {absent} are missing")
@@ -41,7 +42,8 @@ def infer_mar_config(state: dict[str, torch.Tensor], **overrides: Any) -> MARCon
         encoder_embed_dim=enc_dim, encoder_depth=_count(state, r"encoder_blocks\.(\d+)\."),
         decoder_embed_dim=dec_dim, decoder_depth=_count(state, r"decoder_blocks\.(\d+)\."),
         vae_embed_dim=token_dim, patch_size=1, img_size=side * 16, vae_stride=16,
-        buffer_size=state[MAR_ANCHOR].shape[1] - seq_len, class_num=state["class_emb.weight"].shape[0],
+        buffer_size=state[MAR_ANCHOR].shape[1] - seq_len,
+        class_num=state["class_emb.weight"].shape[0] if "class_emb.weight" in state else 1000,
         diffloss_w=state["diffloss.net.input_proj.weight"].shape[0],
         diffloss_d=_count(state, r"diffloss\.net\.res_blocks\.(\d+)\."),
         mlp_ratio=state["encoder_blocks.0.mlp.fc1.weight"].shape[0] / enc_dim if enc_dim else 4.0,

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -23,7 +24,7 @@ def _harmon(*args: str, tmp_path) -> subprocess.CompletedProcess:
 def test_help_explains_every_command(tmp_path):
     out = _harmon("--help", tmp_path=tmp_path)
     assert out.returncode == 0
-    for command in ("demo", "checkpoints", "mar-sample"):
+    for command in ("mar-demo", "figure2", "checkpoints", "mar-sample"):
         assert command in out.stdout
     sample_help = _harmon("mar-sample", "--help", tmp_path=tmp_path).stdout
     for option in ("--checkpoint", "--vae", "--num-iter", "--cfg-schedule", "--temperature", "--seed", "--dtype"):
@@ -36,7 +37,7 @@ def test_checkpoints_lists_known_names(tmp_path):
 
 
 def test_demo_micro_run_writes_outputs(tmp_path):
-    out = _harmon("demo", "--dataset", "digits", "--steps", "20", "--per-class", "10", "--out",
+    out = _harmon("mar-demo", "--dataset", "digits", "--steps", "20", "--per-class", "10", "--out",
                   str(tmp_path / "demo"), tmp_path=tmp_path)
     assert out.returncode == 0, out.stderr
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
@@ -63,3 +64,15 @@ def test_mar_sample_rejects_bad_input(tmp_path):
     assert out.returncode != 0 and "comma-separated integers" in out.stderr
     out = _harmon("mar-sample", "1", "--checkpoint", "mar-bas", tmp_path=tmp_path)
     assert out.returncode != 0 and "Did you mean 'mar-base'" in (out.stderr + out.stdout)
+
+
+def test_figure2_micro_preset_is_what_make_demo_runs(tmp_path):
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert "harmon figure2 --preset mini" in makefile.split("demo:")[1].split("\n\n")[0]
+    out = _harmon("figure2", "--preset", "micro", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
+                  tmp_path=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = (tmp_path / "run" / "report.md").read_text()
+    for encoder in ("MAR", "VAE", "VQGAN", "SigLIP", "pixels"):
+        assert encoder in report
+    assert json.loads((tmp_path / "run" / "results.json").read_text())

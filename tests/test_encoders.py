@@ -57,6 +57,8 @@ TINY = {
     "mar-b": (dict(config=TINY_MAR, vae_config=TINY_KL), 64),
     "mar-l": (dict(config=TINY_MAR, vae_config=TINY_KL), 64),
     "mar-h": (dict(config=TINY_MAR, vae_config=TINY_KL), 64),
+    "harmon-0.5b-mar": (dict(config=TINY_MAR, vae_config=TINY_KL, image_size=64, projected=True), 64),
+    "harmon-1.5b-mar": (dict(config=TINY_MAR, vae_config=TINY_KL, image_size=64), 64),
     "siglip-b16": (dict(config=TINY_VIT), 64),
     "siglip-l16": (dict(config=TINY_VIT), 64),
     "timm": (dict(model_name="vit_small_patch16_224.dino", config=TINY_VIT), 64),
@@ -100,7 +102,8 @@ def test_shapes_and_poolings(name):
         f = encoder(x, pooling=pooling)
         b, n, d = f.tokens.shape
         assert (b, n) == (2, h * w) and f.grid == (h, w)
-        assert f.prefix.shape == (2, p, d) and f.pooled.shape == (2, d) and f.pooling == pooling
+        pooled_dim = n * d if pooling == "flatten" else d
+        assert f.prefix.shape == (2, p, d) and f.pooled.shape == (2, pooled_dim) and f.pooling == pooling
     assert encoder(x).pooling == encoder.default_pooling in encoder.poolings
     with pytest.raises(ValueError, match="pooling 'nope' is not available"):
         encoder(x, pooling="nope")

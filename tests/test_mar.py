@@ -102,7 +102,7 @@ RELEASED_REVEALS_256 = [
 
 def _reveals(seq_len: int, num_iter: int) -> list[int]:
     still_masked = [seq_len] + mask_schedule(seq_len, num_iter)[:-1] + [0]
-    return [a - b for a, b in zip(still_masked, still_masked[1:])]
+    return [a - b for a, b in zip(still_masked[:-1], still_masked[1:], strict=True)]
 
 
 def test_mask_schedule_matches_released_reveal_counts():

@@ -19,7 +19,7 @@ from encoders.adapters.common import explain
 from encoders.adapters.mar import MAREncoder
 from encoders.registry import register
 from harmon.checkpoints import KNOWN_FILES, CheckpointError, check_keys, load_file
-from harmon.mar import MAR
+from harmon.mar import MAR, mar_config
 from harmon.pretrained import infer_mar_config, mar_state_from_file
 from harmon.vae import build_kl16, load_kl16
 
@@ -55,6 +55,14 @@ class HarmonMAREncoder(MAREncoder):
 def build_harmon_mar(name: str, default: str, weights: str | os.PathLike | None, vae: str | os.PathLike | None,
                      projected: bool, image_size: int, config: Mapping[str, Any] | None,
                      vae_config: Mapping[str, Any] | None) -> HarmonMAREncoder:
+    """weights: None (the named Harmon release), a Harmon checkpoint path / known name, or "random"."""
+    if weights == "random":
+        variant, width = RANDOM_SHAPES[name]
+        mar = MAR(mar_config(variant, **dict(config or {})))
+        hidden = mar.config.encoder_embed_dim
+        proj = nn.Sequential(nn.Linear(hidden, width), nn.SiLU(), nn.Linear(width, width)) if projected else None
+        kl16 = build_kl16(vae_config) if vae in (None, "random") else load_kl16(vae, vae_config)
+        return HarmonMAREncoder(name, mar, kl16, proj, image_size)
     source = weights or default
     try:
         state = load_file(source)
@@ -67,6 +75,10 @@ def build_harmon_mar(name: str, default: str, weights: str | os.PathLike | None,
     except CheckpointError as err:
         raise explain(err, name, source) from err
     return HarmonMAREncoder(name, mar, kl16, proj, image_size)
+
+
+# encoder -> (MAR variant, LLM width) of the release, for random initialisation
+RANDOM_SHAPES = {"harmon-0.5b-mar": ("mar_base", 896), "harmon-1.5b-mar": ("mar_huge", 1536)}
 
 
 @register("harmon-0.5b-mar", family="mar", source=f"{KNOWN_FILES['harmon-0.5b']} (mar.*, proj_in.*) + KL-16")

@@ -35,13 +35,15 @@ class MAREncoder(Encoder):
     poolings = ("mean", "buffer_mean")
     default_pooling = "mean"
 
-    def __init__(self, name: str, mar: MAR, vae: AutoencoderKL, image_size: int | None = None):
+    def __init__(self, name: str, mar: MAR, vae: AutoencoderKL, image_size: int | None = None,
+                 latent_scale: float = KL16_SCALE):
         if vae.config.latent_channels != mar.config.vae_embed_dim:
             raise ValueError(f"{name}: the VAE has {vae.config.latent_channels} latent channels, the MAR expects "
                              f"{mar.config.vae_embed_dim}")
         super().__init__(Preprocess(image_size=image_size or mar.config.img_size, crop="center",
                                     mean=(0.5,) * 3, std=(0.5,) * 3))
         self.name = name
+        self.latent_scale = latent_scale
         for part in UNUSED:
             delattr(mar, part)
         vae.decoder = vae.post_quant_conv = None
@@ -68,11 +70,11 @@ class MAREncoder(Encoder):
         """Tokens after encoder block `layer` (the last one is followed by encoder_norm)."""
         grid = self.grid_for(*pixels.shape[-2:])
         blocks = resolve_layer(layer, self.num_layers(), self.name) + 1
-        tokens = self.mar.patchify(encode(self.vae, pixels))
+        tokens = self.mar.patchify(encode(self.vae, pixels, scale=self.latent_scale))
         return self.mar.encode_features(tokens, image_shape=grid, num_blocks=blocks)
 
     def describe(self) -> dict:
-        return {**super().describe(), "mar": self.mar.config.to_dict(), "latents": f"posterior mode x {KL16_SCALE}",
+        return {**super().describe(), "mar": self.mar.config.to_dict(), "latents": f"posterior mode x {self.latent_scale}",
                 "buffers": "fake_latent", "default_pooling": self.default_pooling,
                 "layers": "encoder_blocks[k]; the last block followed by encoder_norm"}
 

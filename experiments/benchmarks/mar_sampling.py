@@ -83,8 +83,11 @@ def main() -> None:
     parser.add_argument("--cfg", type=float, default=2.9, help="guidance scale (1.0 = no CFG, half the work)")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
     parser.add_argument("--dtype", default="auto", help="'auto' (bf16 on CUDA, fp32 on CPU), 'fp32' or 'bf16'")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--out", default="runs/benchmarks/mar_sampling.json", help="JSON output path")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
