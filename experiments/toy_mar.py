@@ -73,6 +73,9 @@ def from_tokens(latents: torch.Tensor, patch: int) -> torch.Tensor:
 
 
 def build_model(grid: int, patch: int, classes: int) -> MAR:
+    """A 0.5 M-parameter MAR. Sampling uses the "ddim50" spacing (steps 0, 20, ..., 980), not the released "100":
+    the released chain starts at t = 999, where x0 = 2e4 * (x_t - eps_hat), so a briefly trained diffusion head's
+    epsilon error (~0.05) blows the first step up; the official weights are trained far past that."""
     return MAR(MARConfig(
         img_size=grid * 16, vae_embed_dim=patch * patch, encoder_embed_dim=64, encoder_depth=2,
         encoder_num_heads=4, decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4, buffer_size=8,

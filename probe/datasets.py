@@ -15,6 +15,8 @@ from typing import Literal, Protocol
 import numpy as np
 from PIL import Image
 
+from harmon.checkpoints import cache_dir as harmon_cache_dir
+
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 )
@@ -207,7 +209,7 @@ def fashion_mnist(
 
     An explicit `root` must hold the IDX files. Without it, looks in $FASHION_MNIST_DIR, then
     /usr/share/datasets/fashion-mnist, then downloads with torchvision into
-    ~/.cache/harmon/fashion-mnist; raises DatasetUnavailable if none works.
+    $HARMON_CACHE/fashion-mnist; raises DatasetUnavailable if none works.
     """
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
@@ -224,7 +226,7 @@ def fashion_mnist(
         if dataset is not None:
             return dataset
         tried.append(str(directory))
-    cache_dir = Path.home() / ".cache" / "harmon" / "fashion-mnist"
+    cache_dir = harmon_cache_dir() / "fashion-mnist"
     try:
         dataset = _fashion_mnist_from_dir(_download_fashion_mnist(cache_dir), prefix)
     except Exception as error:  # network, mirror or file errors all mean "not available here"
