@@ -14,10 +14,21 @@ TINY_MAR = MARConfig(
 )
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """The tiny models gain nothing from threads, and thread hand-offs dominate on a busy 2-core machine."""
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
-def _deterministic_threads():
+def _seeded():
     torch.manual_seed(0)
-    yield
 
 
 @pytest.fixture

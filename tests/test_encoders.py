@@ -66,13 +66,6 @@ TINY = {
 NAMES = [entry.name for entry in list_encoders()]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny(name: str):
     if name not in TINY:

@@ -19,15 +19,7 @@ FAMILIES = ("VAE", "VQGAN", "MAR", "SigLIP")
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory, one_thread) -> dict:
+def micro(tmp_path_factory) -> dict:
     """Two micro runs sharing one cache: the first trains, the second should only reuse."""
     root = tmp_path_factory.mktemp("figure2_mini")
     runs = {}

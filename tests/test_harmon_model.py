@@ -29,13 +29,6 @@ from tests.conftest import TINY_MAR
 PROMPTS = ["a red cube", "a small grey cat sits next to a yellow ball on a blue sphere"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def model() -> Harmon:

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from threadpoolctl import threadpool_limits
 
 from probe.cka import StreamingLinearCKA, linear_cka, streaming_linear_cka
 from probe.datasets import (
@@ -35,16 +34,6 @@ from probe.linear import (
     train_stacked_heads,
 )
 from probe.metrics import classification_report, confusion_matrix, per_class_accuracy, topk_accuracy
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread():
-    """These small problems run fastest, and steadiest on a shared machine, on one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(previous)
 
 
 def pixel_features(dataset) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from threadpoolctl import threadpool_limits
 from torch import nn
 
 from encoders.base import Encoder, Preprocess
@@ -43,14 +42,6 @@ from probe.linear import (
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(previous)
 
 
 class Cells(Encoder):

@@ -167,14 +167,6 @@ class ReferenceKL(nn.Module):
 
 # ---- fixtures ----
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny models gain nothing from threads, and thread hand-offs dominate on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def reference() -> ReferenceKL:
