@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from transformers import Qwen2Config
 
+from experiments.benchmarks.common import add_device_options, device_and_dtype
 from harmon.generation import generate_images
 from harmon.harmon_checkpoint import TINY_CORPUS, tiny_harmon
 from harmon.mar import mar_config
@@ -137,18 +138,10 @@ def main() -> None:
                         help="batch size also timed with the prompt recomputed every step (0 = skip)")
     parser.add_argument("--answer-tokens", type=int, default=32, help="new tokens per answer (no early stop)")
     parser.add_argument("--answer-batch", type=int, default=1, help="images answered at once")
-    parser.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
-    parser.add_argument("--dtype", default="auto", help="'auto' (bf16 on CUDA, fp32 on CPU), 'fp32' or 'bf16'")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
     parser.add_argument("--out", default="runs/benchmarks/harmon_inference.json", help="JSON output path")
+    add_device_options(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(
-        args.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    device, dtype = device_and_dtype(args)
     generation, answering = [], []
     for size in args.sizes.split(","):
         start = time.perf_counter()

@@ -19,6 +19,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from experiments.benchmarks.common import add_device_options, device_and_dtype
 from harmon.mar import MAR, MARConfig, mar_config
 
 TINY = MARConfig(
@@ -81,18 +82,10 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,16", help="comma list of batch sizes")
     parser.add_argument("--num-iter", type=int, default=64, help="MAR decoding steps")
     parser.add_argument("--cfg", type=float, default=2.9, help="guidance scale (1.0 = no CFG, half the work)")
-    parser.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
-    parser.add_argument("--dtype", default="auto", help="'auto' (bf16 on CUDA, fp32 on CPU), 'fp32' or 'bf16'")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--out", default="runs/benchmarks/mar_sampling.json", help="JSON output path")
+    add_device_options(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(
-        args.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    device, dtype = device_and_dtype(args)
     rows = [bench(size, int(b), args.num_iter, args.cfg, device, dtype)
             for size in args.sizes.split(",") for b in args.batch_sizes.split(",")]
 
