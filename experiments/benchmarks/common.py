@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import time
+from collections import defaultdict
+from contextlib import contextmanager
 
 import torch
 
@@ -22,3 +25,44 @@ def device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, torch.dtyp
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(
         args.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
     return device, dtype
+
+
+class SplitTimer:
+    """Wall time per named part, by wrapping methods: `parts` maps a name to (object, method name).
+
+    On CUDA the clock waits for the device at every boundary. `calls[name]` keeps each call's duration.
+    """
+
+    def __init__(self, parts: dict[str, tuple[object, str]], device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, list[float]] = defaultdict(list)
+        for name, (owner, attribute) in parts.items():
+            self._wrap(owner, attribute, name)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _wrap(self, owner: object, attribute: str, name: str) -> None:
+        fn = getattr(owner, attribute)
+
+        def timed(*args, **kwargs):
+            with self.part(name):
+                return fn(*args, **kwargs)
+
+        setattr(owner, attribute, timed)
+
+    def reset(self) -> None:
+        self.seconds.clear()
+        self.calls.clear()
+
+    @contextmanager
+    def part(self, name: str):
+        self._sync()
+        start = time.perf_counter()
+        yield
+        self._sync()
+        elapsed = time.perf_counter() - start
+        self.seconds[name] += elapsed
+        self.calls[name].append(elapsed)

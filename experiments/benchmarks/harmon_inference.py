@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections import defaultdict
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -22,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from transformers import Qwen2Config
 
-from experiments.benchmarks.common import add_device_options, device_and_dtype
+from experiments.benchmarks.common import SplitTimer, add_device_options, device_and_dtype
 from harmon.generation import generate_images
 from harmon.harmon_checkpoint import TINY_CORPUS, tiny_harmon
 from harmon.mar import mar_config
@@ -51,47 +49,6 @@ def build(size: str, device: torch.device, dtype: torch.dtype) -> Harmon:
     else:
         raise SystemExit(f"unknown size {size!r}; use 'tiny' or 'harmon-0.5b'")
     return model.to(device, dtype).eval()
-
-
-class SplitTimer:
-    """Wall time per part, by wrapping the LLM, MAR encoder/decoder, diffusion sampler and VAE decoder calls."""
-
-    def __init__(self, model: Harmon, device: torch.device):
-        self.device = device
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.calls: dict[str, list[float]] = defaultdict(list)
-        self._wrap(model.llm.model, "forward", "llm")
-        self._wrap(model.mar, "forward_mae_encoder", "mar_encoder")
-        self._wrap(model.mar, "forward_mae_decoder", "mar_decoder")
-        self._wrap(model.mar.diffloss, "sample", "diffusion")
-        self._wrap(model.vae, "decode", "vae_decode")
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def _wrap(self, owner, attribute: str, name: str) -> None:
-        fn = getattr(owner, attribute)
-
-        def timed(*args, **kwargs):
-            with self.part(name):
-                return fn(*args, **kwargs)
-
-        setattr(owner, attribute, timed)
-
-    def reset(self) -> None:
-        self.seconds.clear()
-        self.calls.clear()
-
-    @contextmanager
-    def part(self, name: str):
-        self._sync()
-        start = time.perf_counter()
-        yield
-        self._sync()
-        elapsed = time.perf_counter() - start
-        self.seconds[name] += elapsed
-        self.calls[name].append(elapsed)
 
 
 def bench_generation(model: Harmon, timer: SplitTimer, batch: int, steps: int, image_size: int, cfg: float,
@@ -150,7 +107,10 @@ def main() -> None:
         params = {part: sum(p.numel() for p in getattr(model, part).parameters()) / 1e6
                   for part in ("llm", "mar", "vae")}
         generate_images(model, PROMPT, steps=2, cfg=args.cfg, seed=0, image_size=64)  # warm-up
-        timer = SplitTimer(model, device)
+        timer = SplitTimer({"llm": (model.llm.model, "forward"), "mar_encoder": (model.mar, "forward_mae_encoder"),
+                            "mar_decoder": (model.mar, "forward_mae_decoder"),
+                            "diffusion": (model.mar.diffloss, "sample"), "vae_decode": (model.vae, "decode")},
+                           device)
         runs = [(int(b), True) for b in args.batch_sizes.split(",")]
         runs += [(args.no_cache_batch, False)] if args.no_cache_batch else []
         for batch, reuse in runs:

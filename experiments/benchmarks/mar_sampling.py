@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from collections import defaultdict
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from experiments.benchmarks.common import add_device_options, device_and_dtype
+from experiments.benchmarks.common import SplitTimer, add_device_options, device_and_dtype
 from harmon.mar import MAR, MARConfig, mar_config
 
 TINY = MARConfig(
@@ -28,42 +25,13 @@ TINY = MARConfig(
 )
 
 
-class SplitTimer:
-    """Accumulates wall time per part by wrapping the model's encoder, decoder and diffusion-sampling calls."""
-
-    def __init__(self, model: MAR, device: torch.device):
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.device = device
-        model.forward_mae_encoder = self._wrap("encoder", model.forward_mae_encoder)
-        model.forward_mae_decoder = self._wrap("decoder", model.forward_mae_decoder)
-        model.diffloss.sample = self._wrap("diffusion", model.diffloss.sample)
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def _wrap(self, name: str, fn):
-        def timed(*args, **kwargs):
-            with self.part(name):
-                return fn(*args, **kwargs)
-
-        return timed
-
-    @contextmanager
-    def part(self, name: str):
-        self._sync()
-        start = time.perf_counter()
-        yield
-        self._sync()
-        self.seconds[name] += time.perf_counter() - start
-
-
 def bench(size: str, batch: int, num_iter: int, cfg: float, device: torch.device, dtype: torch.dtype) -> dict:
     config = TINY if size == "tiny" else mar_config(size)
     model = MAR(config).to(device, dtype).eval()
     labels = torch.arange(batch, device=device) % config.class_num
     model.sample_tokens(batch, num_iter=2, cfg=cfg, labels=labels, seed=0)  # warm-up
-    timer = SplitTimer(model, device)
+    timer = SplitTimer({"encoder": (model, "forward_mae_encoder"), "decoder": (model, "forward_mae_decoder"),
+                        "diffusion": (model.diffloss, "sample")}, device)
     with timer.part("total"):
         model.sample_tokens(batch, num_iter=num_iter, cfg=cfg, labels=labels, seed=0)
     total = timer.seconds["total"]
