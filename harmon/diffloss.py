@@ -129,12 +129,17 @@ class DiffLoss(nn.Module):
 
     def forward(
         self, target: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | None = None, t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Mean loss over rows (rows with mask 0 excluded when a mask is given)."""
-        t = torch.randint(0, self.train_diffusion.num_timesteps, (target.shape[0],), device=target.device,
-                          generator=generator)
-        noise = torch.randn(target.shape, device=target.device, generator=generator, dtype=target.dtype)
+        """Mean loss over rows (rows with mask 0 excluded when a mask is given).
+
+        Timesteps `t` (rows,) and `noise` (rows, C) are drawn from `generator` unless given.
+        """
+        if t is None:
+            t = torch.randint(0, self.train_diffusion.num_timesteps, (target.shape[0],), device=target.device,
+                              generator=generator)
+        if noise is None:
+            noise = torch.randn(target.shape, device=target.device, generator=generator, dtype=target.dtype)
         loss = self.train_diffusion.training_losses(self.net, target, t, {"c": z}, noise=noise)["loss"]
         if mask is not None:
             return (loss * mask).sum() / mask.sum()

@@ -42,6 +42,11 @@ NAMED_HARMON = {
     "harmon-1.5b-o": NamedHarmon("harmon-1.5b-o", QWEN_15B, "mar_huge"),
 }
 LLM_BY_WIDTH = {896: QWEN_05B, 1536: QWEN_15B}
+# Architecture facts of the Qwen2.5-Instruct configs, to build paper-shaped models without a download.
+QWEN_SHAPES = {
+    QWEN_05B: dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14),
+    QWEN_15B: dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12),
+}
 
 TINY_CORPUS = [GENERATE_PREFIX + "a red cube on a blue sphere", CFG_PROMPT, DEFAULT_QUESTION,
                "What color is the object? The object is green.", "A small grey cat sits next to a yellow ball."]
@@ -127,6 +132,16 @@ def load_harmon(
     if understanding_encoder is not None:
         model.understanding = PluggedEncoder(understanding_encoder, config.llm.hidden_size)
     return model.to(device=device, dtype=dtype).eval()
+
+
+def paper_harmon_config(name: str, image_size: int = 256) -> HarmonConfig:
+    """The architecture of `harmon-0.5b` or `harmon-1.5b` (Qwen2.5-Instruct shape, MAR-B/H, KL-16), no weights."""
+    if name not in ("harmon-0.5b", "harmon-1.5b"):
+        raise ValueError(f"{name!r} is not a paper architecture; use harmon-0.5b or harmon-1.5b")
+    named = NAMED_HARMON[name]
+    llm = Qwen2Config(vocab_size=151936, num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                      rope_theta=1e6, tie_word_embeddings=True, **QWEN_SHAPES[named.llm])
+    return HarmonConfig(llm=llm, mar=mar_config(named.mar), image_size=image_size)
 
 
 def tiny_harmon_config(vocab_size: int, mar: MARConfig = TINY_MAR, image_size: int = 64) -> HarmonConfig:

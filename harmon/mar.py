@@ -259,12 +259,17 @@ class MAR(nn.Module):
         return float(1.0 + 0.25 * torch.special.ndtri(lo + u * (hi - lo)))
 
     def forward_loss(self, z: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-        """Diffusion loss over masked tokens, each (target, condition) pair repeated `diffusion_batch_mul` times."""
+                     generator: torch.Generator | None = None, t: torch.Tensor | None = None,
+                     noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Diffusion loss over masked tokens, each (target, condition) pair repeated `diffusion_batch_mul` times.
+
+        Rows are ordered (repeat, sample, token); `t` (rows,) and `noise` (rows, C) in that order replace the draws.
+        """
         rep = self.config.diffusion_batch_mul
         target = target.reshape(-1, target.shape[-1]).repeat(rep, 1)
         z = z.reshape(-1, z.shape[-1]).repeat(rep, 1)
-        return self.diffloss(target, z, mask.reshape(-1).repeat(rep).to(target.dtype), generator=generator)
+        return self.diffloss(target, z, mask.reshape(-1).repeat(rep).to(target.dtype), generator=generator,
+                             t=t, noise=noise)
 
     def forward(self, latents: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Class-conditional MAR training loss for (B, C, H, W) latents (already scaled) and integer labels."""

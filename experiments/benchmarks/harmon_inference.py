@@ -18,23 +18,15 @@ import torch
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
-from transformers import Qwen2Config
 
 from experiments.benchmarks.common import SplitTimer, add_device_options, device_and_dtype
 from harmon.generation import generate_images
-from harmon.harmon_checkpoint import TINY_CORPUS, tiny_harmon
-from harmon.mar import mar_config
-from harmon.model import Harmon, HarmonConfig
+from harmon.harmon_checkpoint import TINY_CORPUS, paper_harmon_config, tiny_harmon
+from harmon.model import Harmon
 from harmon.prompts import preprocess_image
 from harmon.tokenizer import build_tiny_tokenizer
 from harmon.understanding import build_understanding_inputs, generate_ids
-from harmon.vae import kl16_config
 
-QWEN25_05B = Qwen2Config(
-    vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-    num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1e6,
-    tie_word_embeddings=True,
-)
 PROMPT = "a photo of a red cube on top of a blue sphere, studio lighting"
 PARTS = ("llm", "mar_encoder", "mar_decoder", "diffusion", "vae_decode")
 
@@ -43,7 +35,7 @@ def build(size: str, device: torch.device, dtype: torch.dtype) -> Harmon:
     if size == "tiny":
         model = tiny_harmon()
     elif size == "harmon-0.5b":
-        config = HarmonConfig(llm=QWEN25_05B, mar=mar_config("mar_base"), vae=kl16_config())
+        config = paper_harmon_config("harmon-0.5b", image_size=512)
         with torch.device(device):
             model = Harmon(config, build_tiny_tokenizer(TINY_CORPUS))
     else:

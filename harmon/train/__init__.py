@@ -1,0 +1,1 @@
+"""Training Harmon: typed stage configs and presets, data mixing, losses, and an accelerate-based trainer."""

@@ -1,0 +1,3 @@
+from harmon.train.launch import main
+
+main()
