@@ -188,6 +188,11 @@ def test_detector_sees_nothing_in_clutter_and_texture_alone():
     assert detect_objects(render_scene(scene).image) == []
 
 
+@pytest.mark.parametrize("color", ["red", "white"])
+def test_detector_sees_nothing_in_an_image_of_one_flat_palette_colour(color):
+    assert detect_objects(Image.new("RGB", (64, 64), COLORS[color])) == []
+
+
 # --- GenEval-style scoring ---------------------------------------------------------------------------------
 
 

@@ -67,6 +67,8 @@ def _soft_mask(
 ) -> np.ndarray:
     """Coverage of `color` over `background` inside `region`, by projecting each pixel onto that segment."""
     direction = color - background
+    if not direction.any():  # the colour is the background: nothing stands out
+        return np.zeros(region.shape)
     alpha = (pixels - background) @ direction / float(direction @ direction)
     return np.where(region, np.clip(alpha, 0.0, 1.0), 0.0)
 
@@ -109,6 +111,8 @@ def detect_objects(
             region &= unassigned[window] | core
             alpha = _soft_mask(pixels[window], region, palette[index], background)
             area = float(alpha.sum())
+            if area <= 0:  # the blob has the background's colour (e.g. an image of one flat palette colour)
+                continue
             ys, xs = np.mgrid[window]
             center = (float((alpha * (xs + 0.5)).sum() / area), float((alpha * (ys + 0.5)).sum() / area))
             solid = alpha >= 0.5
