@@ -87,14 +87,16 @@ def test_sigkill_and_resume_give_the_same_later_losses(tmp_path):
 
 
 def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_path):
-    one = _train_cli(tmp_path / "one", steps=4, save_every=4)
+    # accumulate=3: each update sums one i2t and two t2i micro-batches (DDP's no_sync path, unused parameters)
+    one = _train_cli(tmp_path / "one", "accumulate=3", steps=6, save_every=6)
     assert one.returncode == 0, one.stderr
     args = [TORCHRUN, "--nproc_per_node", "2", "--master_port", "29613", "-m", "harmon.train", "tiny-shapesworld",
-            "--no-progress", "--set", f"out_dir={tmp_path / 'two'}", "--set", "steps=4", "--set", "save_every=4"]
+            "--no-progress", "--set", f"out_dir={tmp_path / 'two'}", "--set", "steps=6", "--set", "save_every=6",
+            "--set", "accumulate=3"]
     two = subprocess.run(args, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-    assert sorted(a) == sorted(b) == list(range(4))
+    assert sorted(a) == sorted(b) == list(range(6))
     for i in a:
         assert b[i] == pytest.approx(a[i], rel=1e-4, abs=1e-5)
     wa = load_file(str(tmp_path / "one" / "final" / "model.safetensors"))
