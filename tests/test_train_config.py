@@ -83,3 +83,16 @@ def test_unknown_preset_and_malformed_override_are_explained(tmp_path):
     path.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="expected a mapping at the top level"):
         load_config(path)
+
+
+def test_overrides_reach_list_items_and_take_exponent_numbers():
+    config = load_config("harmon-0.5b-stage1", ["data.sources.0.path=/data/densecap.json", "optim.lr.proj_in=3e-5",
+                                                "data.ratio.1=4"])
+    assert config.data.sources[0].path == "/data/densecap.json"
+    assert config.optim.lr["proj_in"] == 3e-5 and config.data.ratio == (0, 4, 2)
+    with pytest.raises(ConfigError, match="data.sources.7 does not exist"):
+        load_config("harmon-0.5b-stage1", ["data.sources.7.path=x"])
+    with pytest.raises(ConfigError, match="a list needs an item number"):
+        load_config("harmon-0.5b-stage1", ["data.sources.path=x"])
+    with pytest.raises(ConfigError, match="steps: expected an integer, got str '1e3'"):
+        load_config("tiny-shapesworld", ["steps=1e3"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 class ConfigError(ValueError):
@@ -67,6 +69,8 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         key_tp, value_tp = args or (Any, Any)
         return {coerce(k, key_tp, f"{where}"): coerce(v, value_tp, f"{where}.{k}") for k, v in value.items()}
     if tp is float:
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):  # PyYAML reads "1e-5" as a string
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
         return float(value)
@@ -117,18 +121,25 @@ def to_dict(config: Any) -> Any:
 
 
 def set_override(data: dict[str, Any], assignment: str) -> None:
-    """Apply `a.b.c=value` (value parsed as YAML) to nested plain data in place."""
+    """Apply `a.b.c=value` (value parsed as YAML) to nested plain data in place; a number picks a list item."""
     key, sep, text = assignment.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {assignment!r} must look like key.subkey=value")
-    parts = key.split(".")
-    node = data
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part) if isinstance(node, dict) else None
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {assignment!r}: {'.'.join(parts[: i + 1])} is not a section")
-        node = child
-    node[parts[-1]] = yaml.safe_load(text)
+    parts: list[Any] = [int(p) if p.isdigit() else p for p in key.split(".")]
+    node: Any = data
+    for i, part in enumerate(parts):
+        where = ".".join(map(str, parts[: i + 1]))
+        if isinstance(node, list) != isinstance(part, int):
+            raise ConfigError(f"override {assignment!r}: {where} does not exist "
+                              f"({'a list needs an item number' if isinstance(node, list) else 'not a list'})")
+        if isinstance(part, int) and part >= len(node):
+            raise ConfigError(f"override {assignment!r}: {where} does not exist (the list has {len(node)} items)")
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"override {assignment!r}: {where} is not inside a section")
+        if i == len(parts) - 1:
+            node[part] = yaml.safe_load(text)
+        else:
+            node = node[part] if isinstance(part, int) else node.setdefault(part, {})
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
