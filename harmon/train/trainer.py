@@ -90,6 +90,11 @@ def lr_factor(update: int, config: TrainConfig) -> float:
     return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def iteration_generator(seed: int, iteration: int, device: torch.device) -> torch.Generator:
+    """The generator of one iteration's random draws, seeded from the run's seed and the iteration alone."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + iteration)
+
+
 def set_trainable(model: Harmon, trainable: Sequence[str]) -> dict[str, list[tuple[str, torch.nn.Parameter]]]:
     """Freeze everything but the named module groups; returns the trainable groups."""
     groups = module_groups(model)
@@ -186,6 +191,12 @@ class Trainer:
         self.sources = sources if sources is not None else build_sources(config.data.sources)
         self.run_dir = Path(config.out_dir)
 
+    def build_stream(self, shard: Shard) -> MixedStream:
+        """This process's micro-batches; `fit` reads them through `batch(iteration)` and `skipped`."""
+        data = self.config.data
+        return MixedStream(self.sources, self.model.tokenizer, data.ratio, data.batch_size, shard, data.image_size,
+                           data.max_length, data.caption_drop, self.config.seed)
+
     def _log(self, message: str) -> None:
         if self.accelerator.is_main_process:
             self.console.print(message)
@@ -236,8 +247,7 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_dict(config), sort_keys=False))
         objective = TrainingModel(harmon, grad_scale=config.grad_scale)
         model, optimizer = acc.prepare(objective, optimizer)
-        stream = MixedStream(self.sources, harmon.tokenizer, config.data.ratio, config.data.batch_size, shard,
-                             config.data.image_size, config.data.max_length, config.data.caption_drop, config.seed)
+        stream = self.build_stream(shard)
         log = RunLog(self.run_dir, sorted(set(lr_names)), start) if acc.is_main_process else None
         weights = {t: config.loss_weights.get(t, 1.0) for t in TASKS}
         evaluations: list[dict[str, float]] = []
@@ -271,8 +281,7 @@ class Trainer:
             for iteration, batch in enumerate(batches(stream, start, config.steps, config.data.num_workers),
                                               start=start):
                 batch = batch.to(device)
-                generator = torch.Generator(device=device)
-                generator.manual_seed(config.seed * 1_000_003 + iteration)
+                generator = iteration_generator(config.seed, iteration, device)
                 token_norm = None
                 if batch.labels is not None:
                     kept = torch.tensor(float(target_token_count(batch)), device=device)
