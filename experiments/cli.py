@@ -126,5 +126,11 @@ app.command()(figure2)
 app.command()(encoders)
 
 
+from experiments.ablation_cli import figure6, table5  # noqa: E402
+
+app.command()(table5)
+app.command()(figure6)
+
+
 if __name__ == "__main__":
     app()
