@@ -126,6 +126,11 @@ app.command()(figure2)
 app.command()(encoders)
 
 
+from harmon.train.launch import train  # noqa: E402
+
+app.command()(train)
+
+
 from experiments.ablation_cli import figure6, table5  # noqa: E402
 
 app.command()(table5)

@@ -194,3 +194,12 @@ def test_metrics_csv_is_valid_after_resume(tmp_path):
     assert _train_cli(out, steps=6, save_every=2).returncode != 0  # steps differ: another config
     with (out / "metrics.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 4
+
+
+def test_harmon_train_command_explains_bad_configs(tmp_path):
+    harmon = str(Path(sys.executable).with_name("harmon"))
+    shown = subprocess.run([harmon, "train", "--help"], env=_env(), capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and "harmon-0.5b-stage1" in shown.stdout and "--set" in shown.stdout
+    bad = subprocess.run([harmon, "train", "tiny-shapesworld", "--set", "optim.lr.llm=fast",
+                          "--set", f"out_dir={tmp_path}"], env=_env(), capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "optim.lr.llm: expected a number, got str 'fast'" in bad.stderr

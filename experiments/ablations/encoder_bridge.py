@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import torch
+import torch.fx.experimental._config as fx_config
 import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
@@ -41,7 +42,8 @@ class EncoderTokens(nn.Module):
         reference = next(encoder.parameters(), None)
         probe = torch.zeros(1, 3, size, size, device=reference.device if reference is not None else None,
                             dtype=reference.dtype if reference is not None else None)
-        with torch.no_grad():
+        # on the meta device, boolean row selection (MAR's unmasked rows) is shaped as if every row were kept
+        with torch.no_grad(), fx_config.patch(meta_nonzero_assume_all_nonzero=probe.is_meta):
             self.embed_dim = int(encoder.forward_sequence(probe).shape[-1])
 
     def train(self, mode: bool = True) -> EncoderTokens:

@@ -1,0 +1,128 @@
+"""`harmon table5` and `harmon figure6`: the paper's encoder and synergy ablations (registered in cli.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+PRESET_HELP = ("'mini' (offline, on CPU in under 30 minutes: a small Harmon built from the mini Figure 2 tiny VAE "
+               "and MAR, ShapesWorld data), 'micro' (the same in seconds, a smoke test), 'paper' (Harmon-0.5B with "
+               "the paper encoders; edit the data paths in experiments/presets/{kind}-paper.yaml or pass a copy) or "
+               "a YAML file.")
+OUT_HELP = "Output folder (default: runs/{kind}-<preset>); runs inside it are reused or resumed on a rerun."
+CACHE_HELP = ("Cache of the Figure 2 tiny encoders (default: the one `harmon figure2 --preset mini|micro` uses, so "
+              "`make demo` results are reused); they are pretrained there when absent.")
+SET_HELP = "Override a preset value, KEY=VALUE with dotted keys, e.g. training.steps=400 (repeatable)."
+Pope = Annotated[Path | None, typer.Option(help="POPE question file or folder (paper preset).")]
+PopeImages = Annotated[Path | None, typer.Option(help="Folder of the POPE images (COCO val2014).")]
+Mme = Annotated[Path | None, typer.Option(help="MME_Benchmark_release_version folder (or eval-tool txt folder).")]
+MmeImages = Annotated[Path | None, typer.Option(help="MME image folder, only for the eval-tool txt layout.")]
+Gqa = Annotated[Path | None, typer.Option(help="GQA testdev_balanced_questions.json (or its folder).")]
+GqaImages = Annotated[Path | None, typer.Option(help="Folder of the GQA images.")]
+Progress = Annotated[bool, typer.Option(help="Show the training progress bars.")]
+
+
+def _run(action: Callable[[], Any]) -> Any:
+    """Known input problems become one clear error line and exit code 2."""
+    from harmon.checkpoints import CheckpointError
+    from harmon.train.trainer import TrainingStopped
+
+    try:
+        return action()
+    except (ValueError, FileNotFoundError, CheckpointError, TrainingStopped) as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(2) from error
+
+
+def _prepare(kind: str, cls: type, preset: str, out: Path | None, cache: Path | None, sets: list[str] | None
+             ) -> tuple[Any, Path, Path | None]:
+    from experiments.ablations.config import load_ablation
+    from harmon.checkpoints import cache_dir
+
+    config = load_ablation(cls, kind, preset, sets or [])
+    stem = Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset
+    out = out or Path(f"runs/{kind}-{stem}")
+    small = config.model.small
+    if small is not None:
+        cache = cache or cache_dir() / f"figure2-{small.parts}"
+    return config, out, cache
+
+
+def _paths(**given: Path | None) -> Any:
+    from experiments.ablations.scoring import BenchmarkPaths
+
+    return BenchmarkPaths(**given)
+
+
+def _threads(small: bool, action: Callable[[], Any]) -> Any:
+    """Small presets run on one CPU thread, as the mini Figure 2 does (faster on two shared cores)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if small:
+        torch.set_num_threads(1)
+    try:
+        return action()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def table5(
+    preset: Annotated[str, typer.Option(help=PRESET_HELP.format(kind="table5"))] = "mini",
+    out: Annotated[Path | None, typer.Option(help=OUT_HELP.format(kind="table5"))] = None,
+    cache: Annotated[Path | None, typer.Option(help=CACHE_HELP)] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)] = None,
+    pope: Pope = None, pope_images: PopeImages = None, mme: Mme = None, mme_images: MmeImages = None,
+    gqa: Gqa = None, gqa_images: GqaImages = None,
+    progress: Progress = True,
+) -> None:
+    """Table 5: train Harmon for understanding with each visual encoder (SigLIP, VQGAN, VAE, MAR) and compare."""
+    from experiments.ablations.config import Table5Config
+    from experiments.ablations.table5 import run_table5
+
+    def action() -> Any:
+        config, folder, root = _prepare("table5", Table5Config, preset, out, cache, set_)
+        paths = _paths(pope=pope, pope_images=pope_images, mme=mme, mme_images=mme_images, gqa=gqa,
+                       gqa_images=gqa_images)
+        console.print(f"Table 5 ({config.name}): {len(config.encoders)} encoders x {len(config.training.seeds)} "
+                      f"seed(s), {config.training.steps} understanding iterations each; writing {folder}/")
+        return _threads(config.model.small is not None,
+                        lambda: run_table5(config, folder, root, paths, console, progress)), folder
+
+    results, folder = _run(action)
+    console.print(f"Wrote [bold]{folder}/[/]: results.json, table5.csv, table5.md, table5.png/.pdf and report.md "
+                  f"({results['timings']['total_s']:.0f} s)")
+
+
+def figure6(
+    preset: Annotated[str, typer.Option(help=PRESET_HELP.format(kind="figure6"))] = "mini",
+    out: Annotated[Path | None, typer.Option(help=OUT_HELP.format(kind="figure6"))] = None,
+    cache: Annotated[Path | None, typer.Option(help=CACHE_HELP)] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)] = None,
+    pope: Pope = None, pope_images: PopeImages = None, mme: Mme = None, mme_images: MmeImages = None,
+    gqa: Gqa = None, gqa_images: GqaImages = None,
+    progress: Progress = True,
+) -> None:
+    """Figure 6: und-only, gen-only, unified (shared MAR) and decoupled (SigLIP) training, evaluated on the way."""
+    from experiments.ablations.config import Figure6Config
+    from experiments.ablations.figure6 import run_figure6
+
+    def action() -> Any:
+        config, folder, root = _prepare("figure6", Figure6Config, preset, out, cache, set_)
+        paths = _paths(pope=pope, pope_images=pope_images, mme=mme, mme_images=mme_images, gqa=gqa,
+                       gqa_images=gqa_images)
+        console.print(f"Figure 6 ({config.name}): runs {', '.join(config.runs)} x {len(config.training.seeds)} "
+                      f"seed(s), {config.training.steps} iterations of each task; writing {folder}/")
+        return _threads(config.model.small is not None,
+                        lambda: run_figure6(config, folder, root, paths, console, progress)), folder
+
+    results, folder = _run(action)
+    shows = "shows" if results["verdicts"]["synergy_shows"] else "does not show"
+    console.print(f"The paper's synergy {shows} at this scale (see report.md). Wrote [bold]{folder}/[/]: "
+                  f"curves.json, figure6.png/.pdf and report.md ({results['timings']['total_s']:.0f} s)")

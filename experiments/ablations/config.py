@@ -1,0 +1,210 @@
+"""Typed configs of the Table 5 and Figure 6 ablations, read strictly from YAML presets in `experiments/presets/`.
+
+A preset names the model (the small Harmon of `mini_model` or a paper Harmon), the data sources (the trainer's
+`SourceConfig`), the optimisation shared by every run, and the evaluation sizes. Each run's `TrainConfig` is
+built from it in Python (`experiments.ablations.runs`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from experiments.ablations.encoder_bridge import PAPER_ENCODERS, TABLE5_ENCODERS
+from experiments.ablations.mini_model import SmallLLM
+from harmon.shapesworld import CATEGORIES
+from harmon.shapesworld.questions import QUESTION_KINDS
+from harmon.shapesworld.vocab import require_known
+from harmon.train.config import MODULE_GROUPS, ModelConfig, SourceConfig
+from harmon.train.strict import ConfigError, from_dict, read_yaml, set_override
+
+PRESETS = Path(__file__).resolve().parents[1] / "presets"
+RUN_NAMES = ("und-only", "gen-only", "unified", "decoupled")
+T = TypeVar("T")
+
+
+@dataclass
+class SmallModel:
+    """The small Harmon: the tiny parts of the mini Figure 2 at scale `parts`, a random `llm`, MAR sampling with
+    `diffusion_steps` steps of its diffusion head."""
+
+    parts: Literal["mini", "micro"]
+    llm: SmallLLM = field(default_factory=SmallLLM)
+    diffusion_steps: str = "25"
+
+
+@dataclass
+class ModelSection:
+    """Exactly one of `small` (mini / micro) and `paper` (a trainer ModelConfig, e.g. harmon-0.5b from its
+    released parts); `encoders` maps the Table 5 labels to registry names of the paper encoders."""
+
+    image_size: int
+    small: SmallModel | None = None
+    paper: ModelConfig | None = None
+    encoders: dict[str, str] = field(default_factory=lambda: dict(PAPER_ENCODERS))
+
+    def __post_init__(self) -> None:
+        if (self.small is None) == (self.paper is None):
+            raise ConfigError("model: give exactly one of model.small (the small Harmon) and model.paper")
+        if self.paper is not None and self.paper.architecture == "tiny":
+            raise ConfigError("model.paper.architecture: use harmon-0.5b or harmon-1.5b (model.small is the small "
+                              "Harmon)")
+        missing = [label for label in TABLE5_ENCODERS if label not in self.encoders]
+        if missing:
+            raise ConfigError(f"model.encoders lacks {missing}; map each of {list(TABLE5_ENCODERS)} to an encoder")
+
+
+@dataclass
+class DataSection:
+    """Training data: sources feed the i2t and t2i tasks; `batch_size` rows per iteration."""
+
+    sources: list[SourceConfig]
+    batch_size: int
+    max_length: int = 64
+    caption_drop: float = 0.1
+    num_workers: int = 0
+
+
+@dataclass
+class TrainingSection:
+    """Optimisation shared by every run. `steps` counts iterations of each task (a run mixing two tasks runs
+    twice as many iterations); `save_every` also counts iterations of each task."""
+
+    steps: int
+    lr: dict[str, float]
+    trainable: list[str]
+    save_every: int
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.02
+    warmup_ratio: float = 0.01
+    min_lr_ratio: float = 0.0
+    grad_clip: float | None = 1.0
+    grad_scale: float | None = 0.1
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    deterministic: bool = False
+    log_every: int = 10
+    seeds: list[int] = field(default_factory=lambda: [0])
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.save_every < 1 or not self.seeds:
+            raise ConfigError("training.steps and training.save_every must be >= 1 and training.seeds non-empty")
+        unknown = [g for g in [*self.trainable, *self.lr] if g not in MODULE_GROUPS]
+        if unknown:
+            raise ConfigError(f"training: unknown module groups {unknown}; use {', '.join(MODULE_GROUPS)}")
+
+
+@dataclass
+class QAEval:
+    """Held-out ShapesWorld QA: `items` balanced over `kinds` (default all), drawn from `seed`."""
+
+    items: int = 200
+    seed: int = 999
+    kinds: list[str] = field(default_factory=lambda: list(QUESTION_KINDS))
+    batch_size: int = 50
+    max_new_tokens: int = 4
+
+
+@dataclass
+class GenerationEval:
+    """ShapesWorld GenEval-style generation: `per_category` prompts of each of `categories` (prompt seed
+    `seed`), sampled with `steps` MAR steps at guidance `cfg` (batch b seeded with `sample_seed + b`)."""
+
+    per_category: int = 4
+    categories: list[str] = field(default_factory=lambda: list(CATEGORIES))
+    seed: int = 0
+    sample_seed: int = 0
+    steps: int = 16
+    cfg: float = 3.0
+    temperature: float = 1.0
+    batch_size: int = 24
+
+    def __post_init__(self) -> None:
+        require_known("generation category", self.categories, CATEGORIES)
+
+
+@dataclass
+class BenchmarkEval:
+    """Public benchmarks (paths given on the command line): at most `limit` items each (None: all)."""
+
+    limit: int | None = None
+    batch_size: int = 16
+    max_new_tokens: int = 16
+
+
+@dataclass
+class Table5Config:
+    """Understanding-only training (ratio 0:1:0) with each encoder plugged, frozen, for understanding."""
+
+    name: str
+    model: ModelSection
+    data: DataSection
+    training: TrainingSection
+    encoders: list[str] = field(default_factory=lambda: list(TABLE5_ENCODERS))
+    shapesworld: QAEval | None = None
+    benchmarks: BenchmarkEval | None = None
+    close: float = 5.0
+    margin: float = 10.0
+
+    def __post_init__(self) -> None:
+        unknown = [e for e in self.encoders if e not in self.model.encoders]
+        if unknown:
+            raise ConfigError(f"encoders: {unknown} are not in model.encoders ({list(self.model.encoders)})")
+        if (self.shapesworld is None) == (self.benchmarks is None):
+            raise ConfigError("give exactly one of shapesworld (small presets) and benchmarks (paper presets)")
+
+
+@dataclass
+class Figure6Config:
+    """Und-only, gen-only, unified (shared MAR) and decoupled (plugged `decoupled_encoder`, trainable) runs,
+    evaluated every `eval_every` iterations of each task."""
+
+    name: str
+    model: ModelSection
+    data: DataSection
+    training: TrainingSection
+    eval_every: int
+    generation: GenerationEval
+    runs: list[Literal["und-only", "gen-only", "unified", "decoupled"]] = field(
+        default_factory=lambda: list(RUN_NAMES))
+    decoupled_encoder: str = "SigLIP"
+    shapesworld: QAEval | None = None
+    benchmarks: BenchmarkEval | None = None
+    tolerance: float = 0.02
+    last: int = 1
+
+    def __post_init__(self) -> None:
+        if self.eval_every < 1 or self.eval_every % self.training.save_every:
+            raise ConfigError(f"eval_every ({self.eval_every}) must be a positive multiple of training.save_every "
+                              f"({self.training.save_every}), so every evaluation has a checkpoint")
+        if (self.shapesworld is None) == (self.benchmarks is None):
+            raise ConfigError("give exactly one of shapesworld (small presets) and benchmarks (paper presets)")
+        if self.decoupled_encoder not in self.model.encoders:
+            raise ConfigError(f"decoupled_encoder {self.decoupled_encoder!r} is not in model.encoders")
+        if "decoupled" in self.runs and "understanding" not in self.training.lr:
+            raise ConfigError("the decoupled run trains its plugged encoder: give training.lr.understanding")
+
+
+def preset_path(kind: str, preset: str | os.PathLike) -> Path:
+    """`experiments/presets/<kind>-<preset>.yaml` for a preset name, or the YAML file itself."""
+    path = Path(preset)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    named = PRESETS / f"{kind}-{preset}.yaml"
+    if not named.is_file():
+        known = sorted(p.stem.removeprefix(f"{kind}-") for p in PRESETS.glob(f"{kind}-*.yaml"))
+        raise ConfigError(f"{preset!r} is neither a {kind} preset ({', '.join(known)}) nor a YAML file")
+    return named
+
+
+def load_ablation(cls: type[T], kind: str, preset: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()
+                  ) -> T:
+    """A `Table5Config` / `Figure6Config` from a preset name or YAML path, with `key.sub=value` overrides."""
+    data = read_yaml(preset_path(kind, preset))
+    for assignment in overrides:
+        set_override(data, assignment)
+    return from_dict(cls, data)

@@ -1,0 +1,58 @@
+"""Builds the Harmon of every ablation run from a `ModelSection`, loading the shared parts once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from experiments.ablations.config import ModelSection
+from experiments.ablations.mini_model import (
+    load_tiny_parts,
+    paper_harmon,
+    small_harmon,
+    small_tokenizer,
+    with_understanding,
+)
+from harmon.model import Harmon
+from harmon.train.config import ModelConfig
+
+
+class HarmonFactory:
+    """Small presets: the Figure 2 tiny parts (pretrained under `cache`/pretrain, or reloaded) and the small
+    tokenizer, built once; paper presets: Harmon from its released parts for every run (`weights=False`: its
+    architecture only, random, e.g. under `torch.device("meta")`)."""
+
+    def __init__(self, model: ModelSection, cache: str | os.PathLike | None, console: Console,
+                 weights: bool = True):
+        self.model, self.weights = model, weights
+        self.parts = self.tokenizer = None
+        if model.small is not None:
+            if cache is None:
+                raise ValueError("the small Harmon needs the cache folder of the Figure 2 tiny encoders")
+            self.parts = load_tiny_parts(model.small.parts, Path(cache) / "pretrain", console=console)
+            self.tokenizer = small_tokenizer(model.small.llm.vocab_size)
+
+    def build(self, seed: int, encoder: str | None = None, trainable: bool = False) -> Harmon:
+        """The run's Harmon (train mode); `encoder`, a Table 5 label, is plugged for understanding."""
+        small = self.model.small
+        if small is None:
+            name = self.model.encoders[encoder] if encoder is not None else None
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                return paper_harmon(self.model.paper, self.model.image_size, name, trainable, self.weights)
+        model = small_harmon(self.parts, small.llm, self.tokenizer, self.model.image_size, small.diffusion_steps,
+                             seed)
+        if encoder is not None:
+            with_understanding(model, self.parts.encoders[encoder], trainable, seed)
+        return model.train()
+
+    def record(self) -> ModelConfig:
+        """What each run's config.yaml records of the model: the paper ModelConfig, or for the small Harmon the
+        cache folders of the tiny MAR and VAE it starts from (the trainer is handed the model itself)."""
+        if self.model.paper is not None:
+            return self.model.paper
+        folders = self.parts.folders
+        return ModelConfig(architecture="tiny", mar=folders["MAR"].name, vae=folders["VAE"].name)
