@@ -54,10 +54,20 @@ def _prepare(kind: str, cls: type, preset: str, out: Path | None, cache: Path | 
     return config, out, cache
 
 
-def _paths(**given: Path | None) -> Any:
+def _ablation(kind: str, cls: type, runner: Callable[..., Any], describe: Callable[[Any, Path], str], preset: str,
+              out: Path | None, cache: Path | None, sets: list[str] | None, progress: bool,
+              benchmarks: dict[str, Path | None]) -> tuple[Any, Path]:
+    """Load the preset, announce the work, run it (one thread for small presets); returns (results, folder)."""
     from experiments.ablations.scoring import BenchmarkPaths
 
-    return BenchmarkPaths(**given)
+    def action() -> tuple[Any, Path]:
+        config, folder, root = _prepare(kind, cls, preset, out, cache, sets)
+        paths = BenchmarkPaths(**benchmarks)
+        console.print(describe(config, folder))
+        return _threads(config.model.small is not None,
+                        lambda: runner(config, folder, root, paths, console, progress)), folder
+
+    return _run(action)
 
 
 def _threads(small: bool, action: Callable[[], Any]) -> Any:
@@ -86,16 +96,13 @@ def table5(
     from experiments.ablations.config import Table5Config
     from experiments.ablations.table5 import run_table5
 
-    def action() -> Any:
-        config, folder, root = _prepare("table5", Table5Config, preset, out, cache, set_)
-        paths = _paths(pope=pope, pope_images=pope_images, mme=mme, mme_images=mme_images, gqa=gqa,
-                       gqa_images=gqa_images)
-        console.print(f"Table 5 ({config.name}): {len(config.encoders)} encoders x {len(config.training.seeds)} "
-                      f"seed(s), {config.training.steps} understanding iterations each; writing {folder}/")
-        return _threads(config.model.small is not None,
-                        lambda: run_table5(config, folder, root, paths, console, progress)), folder
+    def describe(config: Any, folder: Path) -> str:
+        return (f"Table 5 ({config.name}): {len(config.encoders)} encoders x {len(config.training.seeds)} "
+                f"seed(s), {config.training.steps} understanding iterations each; writing {folder}/")
 
-    results, folder = _run(action)
+    results, folder = _ablation("table5", Table5Config, run_table5, describe, preset, out, cache, set_, progress,
+                                dict(pope=pope, pope_images=pope_images, mme=mme, mme_images=mme_images, gqa=gqa,
+                                     gqa_images=gqa_images))
     console.print(f"Wrote [bold]{folder}/[/]: results.json, table5.csv, table5.md, table5.png/.pdf and report.md "
                   f"({results['timings']['total_s']:.0f} s)")
 
@@ -113,16 +120,13 @@ def figure6(
     from experiments.ablations.config import Figure6Config
     from experiments.ablations.figure6 import run_figure6
 
-    def action() -> Any:
-        config, folder, root = _prepare("figure6", Figure6Config, preset, out, cache, set_)
-        paths = _paths(pope=pope, pope_images=pope_images, mme=mme, mme_images=mme_images, gqa=gqa,
-                       gqa_images=gqa_images)
-        console.print(f"Figure 6 ({config.name}): runs {', '.join(config.runs)} x {len(config.training.seeds)} "
-                      f"seed(s), {config.training.steps} iterations of each task; writing {folder}/")
-        return _threads(config.model.small is not None,
-                        lambda: run_figure6(config, folder, root, paths, console, progress)), folder
+    def describe(config: Any, folder: Path) -> str:
+        return (f"Figure 6 ({config.name}): runs {', '.join(config.runs)} x {len(config.training.seeds)} "
+                f"seed(s), {config.training.steps} iterations of each task; writing {folder}/")
 
-    results, folder = _run(action)
+    results, folder = _ablation("figure6", Figure6Config, run_figure6, describe, preset, out, cache, set_, progress,
+                                dict(pope=pope, pope_images=pope_images, mme=mme, mme_images=mme_images, gqa=gqa,
+                                     gqa_images=gqa_images))
     shows = "shows" if results["verdicts"]["synergy_shows"] else "does not show"
     console.print(f"The paper's synergy {shows} at this scale (see report.md). Wrote [bold]{folder}/[/]: "
                   f"curves.json, figure6.png/.pdf and report.md ({results['timings']['total_s']:.0f} s)")

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from harmon.checkpoints import save_safetensors
+from harmon.shapesworld.export import write_atomically
 
 PREFIX = "iter_"
 
@@ -36,9 +37,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(data, indent=2).encode())
 
 
 def save_checkpoint(run_dir: Path, iteration: int, weights: dict[str, torch.Tensor],
