@@ -8,7 +8,6 @@ drops the prefix and uses the true grid). Preprocessing is part of the adapter a
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -16,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+
+from harmon.utils.files import tensor_digest
 
 POOLINGS = {
     "mean": "mean of the patch tokens (prefix tokens excluded)",
@@ -124,6 +125,14 @@ class Encoder(nn.Module):
         """The module whose output Grad-CAM++ reads (a token sequence or a (B, C, h, w) map)."""
         raise NotImplementedError
 
+    def cam_layer_for(self, pooling: str | None = None) -> nn.Module:
+        """The Grad-CAM++ layer for a pooling: one whose patch-token outputs the pooled vector depends on.
+
+        Poolings that read only prefix tokens (CLS, buffers) of the last block cannot see that block's patch
+        outputs, so adapters return an earlier point there (e.g. the last block's input norm); default:
+        `cam_layer()`."""
+        return self.cam_layer()
+
     def map_pool(self, sequence: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"encoder {self.name!r} has no attention-pooling head; poolings: {self.poolings}")
 
@@ -170,11 +179,7 @@ class Encoder(nn.Module):
 
     def weights_digest(self) -> str:
         """A short hash of all parameters and buffers: part of every feature-cache key."""
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()[:16]
+        return tensor_digest(self.state_dict())
 
     def describe(self) -> dict:
         """Everything that changes the features except the weights themselves."""

@@ -9,6 +9,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from experiments.cli_common import error_line
+
 console = Console()
 
 PRESET_HELP = ("'mini' (offline, on CPU in under 30 minutes: a small Harmon built from the mini Figure 2 tiny VAE "
@@ -26,6 +28,12 @@ MmeImages = Annotated[Path | None, typer.Option(help="MME image folder, only for
 Gqa = Annotated[Path | None, typer.Option(help="GQA testdev_balanced_questions.json (or its folder).")]
 GqaImages = Annotated[Path | None, typer.Option(help="Folder of the GQA images.")]
 Progress = Annotated[bool, typer.Option(help="Show the training progress bars.")]
+Cache = Annotated[Path | None, typer.Option(help=CACHE_HELP)]
+Sets = Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)]
+Table5Preset = Annotated[str, typer.Option(help=PRESET_HELP.format(kind="table5"))]
+Table5Out = Annotated[Path | None, typer.Option(help=OUT_HELP.format(kind="table5"))]
+Figure6Preset = Annotated[str, typer.Option(help=PRESET_HELP.format(kind="figure6"))]
+Figure6Out = Annotated[Path | None, typer.Option(help=OUT_HELP.format(kind="figure6"))]
 
 
 def _run(action: Callable[[], Any]) -> Any:
@@ -36,36 +44,34 @@ def _run(action: Callable[[], Any]) -> Any:
     try:
         return action()
     except (ValueError, FileNotFoundError, CheckpointError, TrainingStopped) as error:
-        console.print(f"[red]error:[/] {error}")
+        console.print(error_line(error), soft_wrap=True)
         raise typer.Exit(2) from error
-
-
-def _prepare(kind: str, cls: type, preset: str, out: Path | None, cache: Path | None, sets: list[str] | None
-             ) -> tuple[Any, Path, Path | None]:
-    from experiments.ablations.config import load_ablation
-    from harmon.checkpoints import cache_dir
-
-    config = load_ablation(cls, kind, preset, sets or [])
-    stem = Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset
-    out = out or Path(f"runs/{kind}-{stem}")
-    small = config.model.small
-    if small is not None:
-        cache = cache or cache_dir() / f"figure2-{small.parts}"
-    return config, out, cache
 
 
 def _ablation(kind: str, cls: type, runner: Callable[..., Any], describe: Callable[[Any, Path], str], preset: str,
               out: Path | None, cache: Path | None, sets: list[str] | None, progress: bool,
-              benchmarks: dict[str, Path | None]) -> tuple[Any, Path]:
-    """Load the preset, announce the work, run it (one thread for small presets); returns (results, folder)."""
+              benchmarks: tuple[Path | None, ...]) -> tuple[Any, Path]:
+    """The prelude of both commands: load the preset, resolve the output and tiny-encoder folders, announce the
+    work and run it (one thread for small presets); returns (results, folder).
+
+    benchmarks: the POPE, MME and GQA question and image paths, in `BenchmarkPaths` order.
+    """
+    from experiments.ablations.config import load_ablation
     from experiments.ablations.scoring import BenchmarkPaths
+    from harmon.checkpoints import cache_dir
+    from harmon.utils.files import output_dir
 
     def action() -> tuple[Any, Path]:
-        config, folder, root = _prepare(kind, cls, preset, out, cache, sets)
-        paths = BenchmarkPaths(**benchmarks)
+        config = load_ablation(cls, kind, preset, sets or [])
+        stem = Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset
+        folder = output_dir(out or Path(f"runs/{kind}-{stem}"), "--out")
+        small = config.model.small
+        root = (cache or cache_dir() / f"figure2-{small.parts}") if small is not None else cache
+        if root is not None:
+            output_dir(root, "--cache")
+        paths = BenchmarkPaths(*benchmarks)
         console.print(describe(config, folder))
-        return _threads(config.model.small is not None,
-                        lambda: runner(config, folder, root, paths, console, progress)), folder
+        return _threads(small is not None, lambda: runner(config, folder, root, paths, console, progress)), folder
 
     return _run(action)
 
@@ -84,13 +90,9 @@ def _threads(small: bool, action: Callable[[], Any]) -> Any:
 
 
 def table5(
-    preset: Annotated[str, typer.Option(help=PRESET_HELP.format(kind="table5"))] = "mini",
-    out: Annotated[Path | None, typer.Option(help=OUT_HELP.format(kind="table5"))] = None,
-    cache: Annotated[Path | None, typer.Option(help=CACHE_HELP)] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)] = None,
+    preset: Table5Preset = "mini", out: Table5Out = None, cache: Cache = None, set_: Sets = None,
     pope: Pope = None, pope_images: PopeImages = None, mme: Mme = None, mme_images: MmeImages = None,
-    gqa: Gqa = None, gqa_images: GqaImages = None,
-    progress: Progress = True,
+    gqa: Gqa = None, gqa_images: GqaImages = None, progress: Progress = True,
 ) -> None:
     """Table 5: train Harmon for understanding with each visual encoder (SigLIP, VQGAN, VAE, MAR) and compare."""
     from experiments.ablations.config import Table5Config
@@ -101,20 +103,15 @@ def table5(
                 f"seed(s), {config.training.steps} understanding iterations each; writing {folder}/")
 
     results, folder = _ablation("table5", Table5Config, run_table5, describe, preset, out, cache, set_, progress,
-                                dict(pope=pope, pope_images=pope_images, mme=mme, mme_images=mme_images, gqa=gqa,
-                                     gqa_images=gqa_images))
+                                (pope, pope_images, mme, mme_images, gqa, gqa_images))
     console.print(f"Wrote [bold]{folder}/[/]: results.json, table5.csv, table5.md, table5.png/.pdf and report.md "
                   f"({results['timings']['total_s']:.0f} s)")
 
 
 def figure6(
-    preset: Annotated[str, typer.Option(help=PRESET_HELP.format(kind="figure6"))] = "mini",
-    out: Annotated[Path | None, typer.Option(help=OUT_HELP.format(kind="figure6"))] = None,
-    cache: Annotated[Path | None, typer.Option(help=CACHE_HELP)] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)] = None,
+    preset: Figure6Preset = "mini", out: Figure6Out = None, cache: Cache = None, set_: Sets = None,
     pope: Pope = None, pope_images: PopeImages = None, mme: Mme = None, mme_images: MmeImages = None,
-    gqa: Gqa = None, gqa_images: GqaImages = None,
-    progress: Progress = True,
+    gqa: Gqa = None, gqa_images: GqaImages = None, progress: Progress = True,
 ) -> None:
     """Figure 6: und-only, gen-only, unified (shared MAR) and decoupled (SigLIP) training, evaluated on the way."""
     from experiments.ablations.config import Figure6Config
@@ -125,8 +122,7 @@ def figure6(
                 f"seed(s), {config.training.steps} iterations of each task; writing {folder}/")
 
     results, folder = _ablation("figure6", Figure6Config, run_figure6, describe, preset, out, cache, set_, progress,
-                                dict(pope=pope, pope_images=pope_images, mme=mme, mme_images=mme_images, gqa=gqa,
-                                     gqa_images=gqa_images))
-    shows = "shows" if results["verdicts"]["synergy_shows"] else "does not show"
-    console.print(f"The paper's synergy {shows} at this scale (see report.md). Wrote [bold]{folder}/[/]: "
+                                (pope, pope_images, mme, mme_images, gqa, gqa_images))
+    synergy = results["verdicts"]["synergy"] or "not measured"
+    console.print(f"The paper's synergy at this scale: {synergy} (see report.md). Wrote [bold]{folder}/[/]: "
                   f"curves.json, figure6.png/.pdf and report.md ({results['timings']['total_s']:.0f} s)")

@@ -9,29 +9,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(
+from experiments.cli_common import HarmonApp, device_and_dtype
+
+app = HarmonApp(
     help="harmon-toolkit: take apart the visual representations of unified multimodal models.",
     no_args_is_help=True,
     add_completion=False,
 )
 console = Console()
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-def _dtype(name: str):
-    import torch
-
-    choices = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if name not in choices:
-        raise typer.BadParameter(f"--dtype {name!r}; choose one of {', '.join(choices)}")
-    return choices[name]
 
 
 @app.command("mar-demo")
@@ -46,7 +31,9 @@ def mar_demo(
 ) -> None:
     """Offline demo: train a small class-conditional MAR on real images, sample every class, score the samples."""
     from experiments.toy_mar import ToyMARConfig, run
+    from harmon.utils.files import output_dir
 
+    output_dir(out, "--out")
     results = run(ToyMARConfig(dataset=dataset, steps=steps, per_class=per_class, seed=seed, out=str(out)), console)
     console.print(f"[bold]Trained a {results['parameters_m']:.2f} M-parameter MAR on {results['dataset']}[/] "
                   f"in {results['train_seconds']:.0f} s (loss {results['first_loss']:.3f} -> "
@@ -91,14 +78,14 @@ def mar_sample(
     import torch
 
     from harmon.images import save_image_grid
-    from harmon.pretrained import load_mar
+    from harmon.mar_loading import load_mar
     from harmon.vae import decode, load_kl16
 
     try:
         labels = [int(c) for c in classes.split(",") if c.strip()]
     except ValueError as err:
         raise typer.BadParameter(f"classes {classes!r} must be comma-separated integers") from err
-    dev, dt = _device(device), _dtype(dtype)
+    dev, dt = device_and_dtype(device, dtype)
     model = load_mar(checkpoint, ema=ema, num_sampling_steps=diffusion_steps).to(dev, dt)
     bad = [c for c in labels if not 0 <= c < model.config.class_num]
     if bad:
@@ -126,7 +113,7 @@ app.command()(figure2)
 app.command()(encoders)
 
 
-from harmon.train.launch import train  # noqa: E402
+from experiments.train_cli import train  # noqa: E402
 
 app.command()(train)
 

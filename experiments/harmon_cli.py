@@ -11,6 +11,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from experiments.cli_common import device_and_dtype, error_line
+
 err_console = Console(stderr=True, soft_wrap=True)
 
 CHECKPOINT_HELP = ("Harmon checkpoint: harmon-0.5b, harmon-1.5b, harmon-1.5b-o, a path to a flat official-layout "
@@ -22,43 +24,33 @@ VAE_HELP = "KL-16 VAE weights: kl16 (hub), a path to kl16.ckpt or a safetensors 
 DEVICE_HELP = "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."
 DTYPE_HELP = "fp32 or bf16 (the official scripts run bf16 on GPUs)."
 SIZE_HELP = "Image side in pixels, a multiple of 16 (512 as released; 256 is 4x cheaper)."
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-def _dtype(name: str):
-    import torch
-
-    choices = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    if name not in choices:
-        raise typer.BadParameter(f"--dtype {name!r}; choose one of {', '.join(choices)}")
-    return choices[name]
+Checkpoint = Annotated[str, typer.Option(help=CHECKPOINT_HELP)]
+ImageSize = Annotated[int, typer.Option(help=SIZE_HELP)]
+Device = Annotated[str, typer.Option(help=DEVICE_HELP)]
+Dtype = Annotated[str, typer.Option(help=DTYPE_HELP)]
+Llm = Annotated[str | None, typer.Option(help=LLM_HELP)]
+Tokenizer = Annotated[str | None, typer.Option(help=TOKENIZER_HELP)]
+Vae = Annotated[str, typer.Option(help=VAE_HELP)]
 
 
 def _load(checkpoint: str, llm: str | None, tokenizer: str | None, vae: str, device: str, dtype: str,
           image_size: int):
     from harmon.checkpoints import CheckpointError
-    from harmon.harmon_checkpoint import load_harmon
+    from harmon.harmon_loading import load_harmon
 
-    dev, dt = _device(device), _dtype(dtype)
+    dev, dt = device_and_dtype(device, dtype, ("fp32", "bf16"))
     try:
         with err_console.status(f"Loading {checkpoint} on {dev}"):
             return load_harmon(checkpoint, llm=llm, tokenizer=tokenizer, vae=vae, device=dev, dtype=dt,
                                image_size=image_size)
     except CheckpointError as err:
-        err_console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(1) from err
+        err_console.print(error_line(err), soft_wrap=True)
+        raise typer.Exit(2) from err
 
 
 def generate(
     prompt: Annotated[str, typer.Argument(help="What to draw; sent as 'Generate an image: <prompt>'.")],
-    checkpoint: Annotated[str, typer.Option(help=CHECKPOINT_HELP)] = "harmon-0.5b",
+    checkpoint: Checkpoint = "harmon-0.5b",
     out: Annotated[Path, typer.Option(help="Output image file (PNG/JPEG); a grid when --grid > 1.")] = Path(
         "out.png"),
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same images.")] = 0,
@@ -68,13 +60,9 @@ def generate(
     cfg_schedule: Annotated[str, typer.Option(help="'constant' (Harmon's default) or 'linear' (MAR's).")
                             ] = "constant",
     temperature: Annotated[float, typer.Option(help="Scales the per-step diffusion noise.")] = 1.0,
-    image_size: Annotated[int, typer.Option(help=SIZE_HELP)] = 512,
+    image_size: ImageSize = 512,
     grid: Annotated[int, typer.Option(help="Images per side of the output grid: grid x grid samples.")] = 1,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "fp32",
-    llm: Annotated[str | None, typer.Option(help=LLM_HELP)] = None,
-    tokenizer: Annotated[str | None, typer.Option(help=TOKENIZER_HELP)] = None,
-    vae: Annotated[str, typer.Option(help=VAE_HELP)] = "kl16",
+    device: Device = "auto", dtype: Dtype = "fp32", llm: Llm = None, tokenizer: Tokenizer = None, vae: Vae = "kl16",
 ) -> None:
     """Text-to-image generation with Harmon (masked autoregressive decoding, KV-cached prompt, CFG)."""
     from harmon.generation import generate_images
@@ -95,14 +83,10 @@ def generate(
 def ask(
     image: Annotated[Path, typer.Argument(help="Image file to ask about.", exists=True, dir_okay=False)],
     question: Annotated[str, typer.Argument(help="The question.")] = "Describe the image in detail.",
-    checkpoint: Annotated[str, typer.Option(help=CHECKPOINT_HELP)] = "harmon-1.5b",
+    checkpoint: Checkpoint = "harmon-1.5b",
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 512,
-    image_size: Annotated[int, typer.Option(help=SIZE_HELP)] = 512,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "fp32",
-    llm: Annotated[str | None, typer.Option(help=LLM_HELP)] = None,
-    tokenizer: Annotated[str | None, typer.Option(help=TOKENIZER_HELP)] = None,
-    vae: Annotated[str, typer.Option(help=VAE_HELP)] = "kl16",
+    image_size: ImageSize = 512,
+    device: Device = "auto", dtype: Dtype = "fp32", llm: Llm = None, tokenizer: Tokenizer = None, vae: Vae = "kl16",
 ) -> None:
     """Answer a question about an image with Harmon (greedy decoding); prints the answer."""
     from PIL import Image, UnidentifiedImageError

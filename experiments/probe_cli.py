@@ -9,12 +9,14 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from experiments.cli_common import error_line
+from experiments.paper import PAPER_TOP5
+from harmon.utils.runtime import default_workers
+
 console = Console()
 
 DATA_HELP = ("Dataset: 'imagefolder:PATH' (PATH/train/<class>/* and PATH/val/<class>/*), 'fashion-mnist' "
              "or 'digits'.")
-PAPER_TOP5 = {"MAR": 83.1, "VAE": 18.5, "VQGAN": 18.2, "SigLIP": 95.9}  # Harmon Figure 2, ImageNet-1K val top-5
-PAPER_ENCODERS = {"MAR": "mar-b", "VAE": "vae-kl16", "VQGAN": "vqgan", "SigLIP": "siglip-b16"}
 
 Encoders = Annotated[list[str], typer.Option("--encoder", help="Encoder name or alias (repeatable); "
                                                                "`harmon encoders` lists them.")]
@@ -31,17 +33,16 @@ Pooling = Annotated[str | None, typer.Option(help="Pooling: mean, cls, map or bu
 Features = Annotated[str, typer.Option(help="'pooled' (the pooled vector) or 'tokens' (patch tokens flattened; "
                                             "for small grids such as the pixels baseline).")]
 BatchSize = Annotated[int, typer.Option(help="Images per extraction batch.")]
-Workers = Annotated[int, typer.Option(help="DataLoader worker processes decoding and preprocessing images.")]
+Workers = Annotated[int, typer.Option(help="DataLoader worker processes decoding and preprocessing images "
+                                           "(default: up to 4, at most the CPU cores).")]
+DEFAULT_WORKERS = default_workers()
 Device = Annotated[str, typer.Option(help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")]
 Dtype = Annotated[str, typer.Option(help="Encoder compute precision: fp32, bf16 or fp16 (autocast).")]
 Epochs = Annotated[int, typer.Option(help="Linear-probe training epochs.")]
 Cache = Annotated[Path | None, typer.Option(help="Feature-cache root (default: $HARMON_CACHE/features).")]
 Check = Annotated[str, typer.Option(help="Image-folder scan: 'decode' every image once, or 'header' only (faster).")]
-Seed = Annotated[int, typer.Option(help="Seed of the subsets and the probe.")]
-
-
-def _device(name: str) -> str | None:
-    return None if name == "auto" else name
+Seed = Annotated[int, typer.Option(help="Seed of the subsets, the probe and of `--weights NAME=random` (the same "
+                                         "seed builds the same random encoder, so caches and heads are reused).")]
 
 
 def _specs(names: list[str], weights: list[str] | None) -> list[Any]:
@@ -62,12 +63,12 @@ def _run(action: Callable[[], Any]) -> Any:
     """Run a study; known input problems become one clear error line and exit code 2."""
     from harmon.checkpoints import CheckpointError
     from probe.datasets import DatasetUnavailable
-    from probe.features import CacheSpaceError
+    from probe.feature_cache import CacheSpaceError
 
     try:
         return action()
     except (ValueError, FileNotFoundError, DatasetUnavailable, CacheSpaceError, CheckpointError) as error:
-        console.print(f"[red]error:[/] {error}")
+        console.print(error_line(error), soft_wrap=True)
         raise typer.Exit(2) from error
 
 
@@ -80,7 +81,7 @@ def probe(
     pooling: Pooling = None,
     features: Features = "pooled",
     batch_size: BatchSize = 64,
-    workers: Workers = 4,
+    workers: Workers = DEFAULT_WORKERS,
     device: Device = "auto",
     dtype: Dtype = "fp32",
     epochs: Epochs = 20,
@@ -99,7 +100,7 @@ def probe(
         config = ProbeStudyConfig(
             _specs(encoder, weights), data, str(out), cache=str(cache) if cache else None, per_class=per_class,
             check=check, layer=layer, pooling=pooling, features=features, batch_size=batch_size, workers=workers,
-            device=_device(device), dtype=dtype, epochs=epochs, knn=knn, sklearn=sklearn, seed=seed,
+            device=device, dtype=dtype, epochs=epochs, knn=knn, sklearn=sklearn, seed=seed,
         )
         return run_probe_study(config, console)
 
@@ -120,7 +121,13 @@ def cam(
     features: Features = "pooled",
     batch_size: BatchSize = 64,
     cam_batch_size: Annotated[int, typer.Option(help="Images per Grad-CAM++ batch.")] = 8,
-    workers: Workers = 4,
+    target: Annotated[str, typer.Option(help="What the maps explain: 'logit' (the probe logit of the true class), "
+                                             "'cosine:image:K' (similarity to the K-th shown image's pooled "
+                                             "feature), 'cosine:class-mean' (to the class-mean train feature) or "
+                                             "'cosine:file:PATH' (to a .npy/.safetensors embedding, [D] or a row "
+                                             "per class, e.g. SigLIP text embeddings); cosine targets need no "
+                                             "probe.")] = "logit",
+    workers: Workers = DEFAULT_WORKERS,
     device: Device = "auto",
     dtype: Dtype = "fp32",
     epochs: Epochs = 20,
@@ -130,81 +137,115 @@ def cam(
     out: Annotated[Path, typer.Option(help="Run folder: cams.png/.pdf, cams.json, cams.md, cams-<encoder>.npy.")] = Path(
         "runs/cam"),
 ) -> None:
-    """Grad-CAM++ maps of linear probes (target: the probe logit of each image's true class)."""
+    """Grad-CAM++ maps (probe logits or cosine similarity), constant maps reported, ROAD faithfulness scores."""
     from probe.study import ProbeStudyConfig, run_cam_study
 
     def action():
         config = ProbeStudyConfig(
             _specs(encoder, weights), data, str(out), cache=str(cache) if cache else None, per_class=per_class,
             check=check, layer=layer, pooling=pooling, features=features, batch_size=batch_size, workers=workers,
-            device=_device(device), dtype=dtype, epochs=epochs, seed=seed,
+            device=device, dtype=dtype, epochs=epochs, seed=seed,
         )
-        return run_cam_study(config, images, str(heads) if heads else None, cam_batch_size, console)
+        return run_cam_study(config, images, str(heads) if heads else None, cam_batch_size, console, target)
 
     _run(action)
     console.print(f"Wrote the CAM grid to [bold]{out}/cams.png[/] (and .pdf), maps and cams.json beside it")
 
 
-def paper_config(data: Path, out: Path, cache: Path | None, batch_size: int, workers: int, device: str | None,
-                 dtype: str) -> Any:
-    """The Figure 2 run: four encoders with their hub weights on ImageNet, MAE's linear-probe recipe
-    (LARS, base lr 0.1, no weight decay, batch 16384, 90 epochs with 10 warm-up), scored by top-5."""
-    from probe.study import EncoderSpec, ProbeStudyConfig
-
-    return ProbeStudyConfig(
-        [EncoderSpec(name, label=label) for label, name in PAPER_ENCODERS.items()], f"imagefolder:{data}", str(out),
-        cache=str(cache) if cache else None, check="header", batch_size=batch_size, workers=workers, device=device,
-        dtype=dtype, epochs=90, warmup_epochs=10, optimizer="lars", probe_batch_size=16384, base_lrs=(0.1,),
-        weight_decays=(0.0,), paper_top5=dict(PAPER_TOP5),
-    )
-
-
 def figure2(
-    preset: Annotated[str, typer.Option(help="'mini' (offline: tiny VQGAN, VAE, MAR and SigLIP-style encoders "
-                                             "pretrained here on ShapesWorld and Fashion-MNIST, then probed; what "
-                                             "`make demo` runs), 'micro' (the same in seconds, a smoke test) or "
-                                             "'paper' (MAR-B, KL-16, VQGAN, SigLIP-B/16 on ImageNet; needs --data "
-                                             "and the hub weights).")] = "paper",
-    data: Annotated[Path | None, typer.Option(help="ImageNet-1K folder with train/<wnid>/* and val/<wnid>/*.")] = None,
-    batch_size: BatchSize = 128,
-    workers: Workers = 8,
+    preset: Annotated[str, typer.Option(help="'mini' (offline: tiny VAE, VQGAN, MAR, MAE and SigLIP-style encoders "
+                                             "pretrained here on ShapesWorld, each beside its random-init twin and "
+                                             "raw pixels, probed identically; what `make demo` runs), 'micro' (the "
+                                             "same in seconds, a smoke test), 'long' (longer pretraining with a MAR "
+                                             "dose check), 'paper' (MAR-B, KL-16, VQGAN, SigLIP-B/16 on ImageNet "
+                                             "with their random twins; needs --data and the hub weights), or a YAML "
+                                             "file in one of these layouts.")] = "paper",
+    seeds: Annotated[int, typer.Option(help="Offline presets: pretraining x probe seeds 0..N-1. One seed is "
+                                            "exploratory (image-bootstrap intervals); 3 or more give the "
+                                            "seed intervals the verdicts rest on.")] = 1,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a preset key, e.g. --set pretraining.steps.MAR=3000 --set endpoints.probe=attentive "
+                      "(repeatable).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Paper preset: ImageNet-1K folder with train/<wnid>/* and "
+                                                   "val/<wnid>/*.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Offline presets: processes (default: up to 2 of the CPU "
+                                                     "cores); paper: DataLoader workers (default 8).")] = None,
     device: Device = "auto",
     dtype: Dtype = "bf16",
     cache: Cache = None,
-    dry_run: Annotated[bool, typer.Option(help="Print the planned run and exit without running it.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print the resolved configuration and exit without running.")] = False,
     out: Annotated[Path | None, typer.Option(help="Run folder (default: runs/figure2 for paper, "
                                                   "runs/figure2-<preset> otherwise).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the mini/micro presets (data, pretraining, probes).")] = 0,
 ) -> None:
-    """Reproduce Figure 2 of the Harmon paper: linear probes and Grad-CAM++ of MAR, VAE, VQGAN and SigLIP."""
+    """Reproduce Figure 2 of the Harmon paper: linear and attentive probes and Grad-CAM++ of MAR, VAE, VQGAN and
+    SigLIP, each against its random-init twin, with paired intervals and verdicts."""
     import json
-    from dataclasses import asdict
 
     from harmon.checkpoints import cache_dir
+    from harmon.utils.strict_yaml import ConfigError, read_yaml, to_dict
+
+    if seeds < 1:
+        raise typer.BadParameter(f"{seeds}; give at least 1 seed (3 or more for seed intervals)", param_hint="--seeds")
+    overrides = overrides or []
+    source = Path(preset)
+    paper = preset == "paper" or (source.suffix in (".yaml", ".yml") and "encoders" in _yaml_keys(source, read_yaml))
+    if not paper:
+        from experiments.figure2.config import load_figure2_config
+
+        try:
+            config = load_figure2_config(preset, overrides)
+        except (ConfigError, FileNotFoundError) as error:
+            raise typer.BadParameter(str(error), param_hint="--preset/--set") from error
+        if dry_run:
+            console.print_json(json.dumps(to_dict(config)))
+            return
+        from experiments.figure2.run import run_figure2
+
+        out = out or Path(f"runs/figure2-{config.name.removeprefix('figure2-')}")
+        root = cache or cache_dir() / "figure2"
+        console.print(f"Figure 2 ({config.name}, {seeds} seed(s)): pretrained encoders, probe images and features "
+                      f"are kept in {root}")
+        _run(lambda: run_figure2(config, out, root, seeds=seeds, workers=workers, console=console))
+        console.print(f"Wrote [bold]{out}/[/]: report.md (gate, claims with intervals, verdicts), results.json, "
+                      "results.csv and the plots (PNG and PDF)")
+        return
     from probe.study import run_probe_study
 
-    if preset in ("mini", "micro"):
-        from experiments.figure2_mini import run_mini
-
-        out = out or Path(f"runs/figure2-{preset}")
-        pretrained = cache or cache_dir() / f"figure2-{preset}"
-        console.print(f"Mini Figure 2 ({preset}): tiny encoders are pretrained once and kept in {pretrained}")
-        _run(lambda: run_mini(out, pretrained, seed=seed, scale=preset, console=console))
-        console.print(f"Wrote [bold]{out}/[/]: report.md (the Figure 2 table, ours beside the paper's), "
-                      "results.json and the plots (PNG and PDF)")
-        return
-    if preset != "paper":
-        raise typer.BadParameter(f"preset {preset!r} is not available; use mini, micro or paper", param_hint="--preset")
-    out = out or Path("runs/figure2")
     if data is None:
         raise typer.BadParameter("the paper preset needs --data IMAGENET_DIR (with train/ and val/ class folders)",
                                  param_hint="--data")
-    config = paper_config(data, out, cache, batch_size, workers, _device(device), dtype)
+    out = out or Path("runs/figure2")
+    settings = [f"data=imagefolder:{data}", f"out={out}", f"device={device}", f"dtype={dtype}",
+                *([f"cache={cache}"] if cache else []), *([f"workers={workers}"] if workers else []), *overrides]
+    try:
+        config = paper_config(preset, settings)
+    except (ConfigError, FileNotFoundError) as error:
+        raise typer.BadParameter(str(error), param_hint="--preset/--set") from error
     if dry_run:
-        console.print_json(json.dumps(asdict(config)))
+        console.print_json(json.dumps(to_dict(config)))
         return
     _run(lambda: run_probe_study(config, console))
     console.print(f"Wrote the Figure 2 study to [bold]{out}/[/] (topk.png: ours beside the paper's top-5)")
+
+
+def _yaml_keys(path: Path, read_yaml: Callable[[Path], dict]) -> list[str]:
+    try:
+        return list(read_yaml(path))
+    except FileNotFoundError as error:
+        raise typer.BadParameter(f"{path} does not exist", param_hint="--preset") from error
+
+
+def paper_config(source: str, overrides: list[str]) -> Any:
+    """The paper's Figure 2 probe study from `experiments/presets/figure2-paper.yaml` (or a YAML of that layout),
+    with the paper's top-5 numbers beside ours unless the file gives its own."""
+    from dataclasses import replace
+
+    from experiments.figure2.config import PRESETS
+    from harmon.utils.strict_yaml import load_typed
+    from probe.study import ProbeStudyConfig
+
+    config = load_typed(ProbeStudyConfig, source, PRESETS, "figure2-", overrides)
+    return replace(config, paper_top5=config.paper_top5 or dict(PAPER_TOP5))
 
 
 def encoders() -> None:

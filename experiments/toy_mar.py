@@ -8,7 +8,6 @@ classifier fitted on real images then checks whether samples show the class they
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from harmon.mar import MAR, MARConfig
+from harmon.utils.schedules import warmup_cosine
 from probe.datasets import DatasetUnavailable, balanced_subset, fashion_mnist, sklearn_digits
 
 
@@ -116,8 +116,7 @@ def run(config: ToyMARConfig, console: Console | None = None) -> dict:
     model = build_model(latents.shape[-1], patch, len(classes))
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=0.02)
     warmup = max(1, config.steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / config.steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step + 1, config.steps + 1, warmup))
     gen = torch.Generator().manual_seed(config.seed)
     losses, start = [], time.perf_counter()
     model.train()

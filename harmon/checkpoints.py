@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import hashlib
 import os
 import pickle
+import socket
+import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -21,6 +24,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from harmon.utils.files import atomic_path
 
 KNOWN_FILES: dict[str, str] = {
     "kl16": "hf://wusize/harmon/kl16.ckpt",
@@ -75,22 +80,75 @@ def resolve(source: str | os.PathLike) -> Path:
     )
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint answers a TCP connection within `timeout` seconds (checked once per
+    endpoint and process), so an unreachable hub fails at once instead of after the hub client's retries."""
+    from huggingface_hub import constants
+
+    return _reachable(constants.ENDPOINT, timeout)
+
+
+@functools.lru_cache(maxsize=8)
+def _reachable(endpoint: str, timeout: float) -> bool:
+    url = urllib.parse.urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def hub_local_only() -> bool:
+    """True when hub files must come from the local cache: HF_HUB_OFFLINE is set or the hub is unreachable."""
+    return offline() or not hub_reachable()
+
+
+def hub_missing(repo_id: str, filename: str | None = None) -> str:
+    """The one-line explanation of a hub file that is neither cached nor downloadable."""
+    why = (f"HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE')}" if offline()
+           else "the Hugging Face hub is unreachable")
+    what = f"{filename} from {repo_id}" if filename else repo_id
+    command = f"huggingface-cli download {repo_id}" + (f" {filename}" if filename else "")
+    return (f"{what} is not in the Hugging Face cache and cannot be downloaded ({why}); fetch it on a connected "
+            f"machine with `{command}` (then run with HF_HUB_OFFLINE=1), or pass a local path")
+
+
 def _resolve_hub(uri: str) -> Path:
     parts = uri[len("hf://") :].split("/", 2)
+    if len(parts) == 2 and all(parts):
+        return _resolve_hub_repo(f"{parts[0]}/{parts[1]}")
     if len(parts) != 3 or not all(parts):
-        raise CheckpointError(f"hub path {uri!r} must look like hf://owner/repo/path/to/file")
+        raise CheckpointError(f"hub path {uri!r} must look like hf://owner/repo/path/to/file or hf://owner/repo")
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     repo_id, filename = f"{parts[0]}/{parts[1]}", parts[2]
     try:
-        return Path(hf_hub_download(repo_id, filename, local_files_only=offline()))
+        return Path(hf_hub_download(repo_id, filename, local_files_only=hub_local_only()))
     except LocalEntryNotFoundError as err:
-        raise CheckpointError(
-            f"{filename} from {repo_id} is not in the Hugging Face cache and downloading is not possible "
-            f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')} or no network). Download it on a "
-            f"connected machine with `huggingface-cli download {repo_id} {filename}`, or pass a local path."
-        ) from err
+        raise CheckpointError(hub_missing(repo_id, filename)) from err
+
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
+
+
+def _resolve_hub_repo(repo_id: str) -> Path:
+    """`hf://owner/repo`: the one checkpoint file of a hub repo (for repos that hold a single weights file)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    patterns = [f"*{suffix}" for suffix in CHECKPOINT_SUFFIXES]
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=hub_local_only()))
+    except LocalEntryNotFoundError as err:
+        raise CheckpointError(hub_missing(repo_id)) from err
+    found = sorted(p for p in folder.rglob("*") if p.suffix in CHECKPOINT_SUFFIXES)
+    if len(found) != 1:
+        names = ", ".join(str(p.relative_to(folder)) for p in found) or "none"
+        raise CheckpointError(f"hf://{repo_id} holds {len(found)} checkpoint files ({names}); name one as "
+                              f"hf://{repo_id}/FILE")
+    return found[0]
 
 
 def _resolve_url(url: str) -> Path:
@@ -100,8 +158,8 @@ def _resolve_url(url: str) -> Path:
         return target
     if offline():
         raise CheckpointError(
-            f"{url} is not cached at {target} and HF_HUB_OFFLINE=1 forbids downloading; "
-            "download it yourself and pass the local path"
+            f"{url} is not cached at {target} and HF_HUB_OFFLINE=1 forbids downloading; fetch it on a connected "
+            f"machine with `curl -L -o {target.name} '{url}'` and pass the local path"
         )
     _download(url, target)
     return target
@@ -114,7 +172,7 @@ def _download(url: str, target: Path) -> None:
     partial = target.with_name(target.name + ".part")
     request = urllib.request.Request(url, headers={"User-Agent": "Wget/1.16 (linux-gnu)"})
     try:
-        with urllib.request.urlopen(request) as response, open(partial, "wb") as out:
+        with urllib.request.urlopen(request, timeout=30) as response, open(partial, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
             with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                           TransferSpeedColumn()) as bar:
@@ -139,22 +197,36 @@ def load_file(source: str | os.PathLike) -> dict[str, Any]:
             return load_safetensors(str(path))
         except SafetensorError as err:
             raise CheckpointError(f"{path} is not a readable safetensors file ({err}); re-download it") from err
+    state = read_torch(path)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a dict of tensors")
+    return state
+
+
+def read_torch(path: str | os.PathLike) -> Any:
+    """`torch.load(path, weights_only=True)` (tensors, plain containers and `SAFE_GLOBALS` only); a one-line
+    CheckpointError for a code-carrying pickle, a truncated file or one that is not a PyTorch file at all."""
+    path = Path(path)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else type(err).__name__)
         raise CheckpointError(
             f"refusing to load {path}: unpickling it would need code other than tensors and plain metadata "
-            f"({str(err).splitlines()[0]}). Only load files you trust; convert trusted files to safetensors "
+            f"({detail}). Only load files you trust; convert trusted files to safetensors "
             "(safetensors.torch.save_file) and pass that file instead."
         ) from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
         raise CheckpointError(
             f"{path} is corrupt or truncated ({str(err).splitlines()[0]}); delete it and download it again"
         ) from err
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a dict of tensors")
-    return state
+    except Exception as err:  # a file that is no pickle at all fails anywhere inside the unpickler
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint ({type(err).__name__}: {err}); pass a .pth/.pt/.ckpt file "
+            "written by torch.save, or a .safetensors file"
+        ) from err
 
 
 def tensors_only(state: Mapping[str, Any], what: str) -> dict[str, torch.Tensor]:
@@ -229,12 +301,9 @@ def check_keys(
 
 
 def save_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> Path:
-    """Write tensors atomically (temp file, then rename)."""
+    """Write tensors atomically (see `harmon.utils.files.atomic_path`)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
+    return Path(path)

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from harmon.diffusion import GaussianDiffusion
+from harmon.layers import silu_mlp
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -33,7 +34,7 @@ class TimestepEmbedder(nn.Module):
     def __init__(self, width: int, frequency_dim: int = 256):
         super().__init__()
         self.frequency_dim = frequency_dim
-        self.mlp = nn.Sequential(nn.Linear(frequency_dim, width), nn.SiLU(), nn.Linear(width, width))
+        self.mlp = silu_mlp(frequency_dim, width, width)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         weight = self.mlp[0].weight
@@ -46,7 +47,7 @@ class ResBlock(nn.Module):
     def __init__(self, width: int):
         super().__init__()
         self.in_ln = nn.LayerNorm(width, eps=1e-6)
-        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.mlp = silu_mlp(width, width, width)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from harmon.mar import mask_from_orders, mask_schedule
+from harmon.mar import MaskedDecoding
 from harmon.prompts import CFG_PROMPT, encode_turn, generation_text
 from harmon.tokenizer import PAD_TOKEN
 from harmon.vae import decode
@@ -35,13 +35,6 @@ def prompt_batch(model: Harmon, texts: Sequence[str], max_tokens: int) -> tuple[
     return ids.to(model.device), mask.to(model.device)
 
 
-def cfg_at(cfg: float, schedule: str, seq_len: int, masked_after: int) -> float:
-    """Guidance scale of one step: constant, or linear in the share of revealed tokens (MAR's rule)."""
-    if schedule == "constant":
-        return cfg
-    return 1 + (cfg - 1) * (seq_len - masked_after) / seq_len
-
-
 @torch.no_grad()
 def generate_latents(
     model: Harmon, prompts: str | Sequence[str], steps: int = 64, cfg: float = 3.0, cfg_schedule: str = "constant",
@@ -56,15 +49,11 @@ def generate_latents(
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise ValueError("generate needs at least one prompt")
-    if cfg_schedule not in ("constant", "linear"):
-        raise ValueError(f"cfg_schedule={cfg_schedule!r}; use 'constant' (Harmon) or 'linear' (MAR)")
-    if steps < 1:
-        raise ValueError(f"steps={steps} must be at least 1")
+    decoding = MaskedDecoding(steps, cfg, cfg_schedule, temperature)
     grid = model.grid(image_size)
     seq_len = grid[0] * grid[1]
-    guided = float(cfg) != 1.0
     batch, device, dtype = len(prompts), model.device, model.dtype
-    texts = [generation_text(p) for p in prompts] + ([cfg_prompt] * batch if guided else [])
+    texts = [generation_text(p) for p in prompts] + ([cfg_prompt] * batch if decoding.guided else [])
     ids, prompt_mask = prompt_batch(model, texts, model.context_length - seq_len - model.mar.buffer_size)
     prompt_embeds = model.embed(ids)
     cache = model.prefill_prompt(prompt_embeds, prompt_mask) if reuse_prompt_cache else None
@@ -73,26 +62,12 @@ def generate_latents(
     generator.manual_seed(torch.seed() if seed is None else seed)
     orders = model.mar.sample_orders(batch, seq_len, generator, device)
     tokens = torch.zeros(batch, seq_len, model.mar.token_embed_dim, device=device, dtype=dtype)
-    mask = torch.ones(batch, seq_len, device=device, dtype=torch.bool)
 
-    def both(t: torch.Tensor) -> torch.Tensor:
-        return torch.cat([t, t]) if guided else t
+    def condition(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return model.condition_tokens(tokens, mask, grid, prompt_embeds, prompt_mask, cache)
 
-    schedule = mask_schedule(seq_len, steps)
-    loop = range(steps)
-    if progress:
-        from rich.progress import track
-
-        loop = track(loop, description="Harmon generation")
-    for step in loop:
-        z = model.condition_tokens(both(tokens), both(mask), grid, prompt_embeds, prompt_mask, cache)
-        mask_next = mask_from_orders(orders, schedule[step])
-        to_pred = mask if step == steps - 1 else mask & ~mask_next
-        mask = mask_next
-        scale = cfg_at(cfg, cfg_schedule, seq_len, schedule[step]) if guided else 1.0
-        sampled = model.mar.diffloss.sample(z[both(to_pred).nonzero(as_tuple=True)], temperature, scale,
-                                            generator=generator)
-        tokens[to_pred.nonzero(as_tuple=True)] = sampled[: int(to_pred.sum())].to(dtype)
+    tokens = decoding.decode(condition, model.mar.diffloss, tokens, orders, generator,
+                             "Harmon generation" if progress else None)
     return model.mar.unpatchify(tokens, grid)
 
 

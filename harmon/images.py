@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from harmon.utils.files import atomic_write
+
 
 def to_uint8(images: torch.Tensor, rounding: str = "mar") -> np.ndarray:
     """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8.
@@ -41,8 +43,5 @@ def save_image_grid(
         r, c = (i % rows, i // rows) if column_major else divmod(i, cols)
         grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = a
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(grid).save(tmp, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
-    os.replace(tmp, path)
-    return path
+    fmt = (path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG")
+    return atomic_write(path, lambda handle: Image.fromarray(grid).save(handle, format=fmt))

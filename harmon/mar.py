@@ -9,6 +9,7 @@ image part of the learned position embeddings on the fly, as Harmon does.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 
@@ -188,10 +189,11 @@ class MAR(nn.Module):
 
     # ----- encoder / decoder ------------------------------------------------------------------------------------
     def forward_mae_encoder(
-        self, tokens: torch.Tensor, mask: torch.Tensor, class_embedding: torch.Tensor,
+        self, tokens: torch.Tensor, mask: torch.Tensor | None, class_embedding: torch.Tensor,
         image_shape: tuple[int, int] | None = None, num_blocks: int | None = None,
     ) -> torch.Tensor:
-        """Encode the visible tokens. Returns (B, buffer + #visible, C), buffers first.
+        """Encode the visible tokens (`mask` (B, L), 1 = masked; None: every token). Returns
+        (B, buffer + #visible, C), buffers first.
 
         `class_embedding` (B, C) fills all buffer slots; pass `fake_latent` rows for label-free features.
         In training mode, each sample's class embedding is replaced by `fake_latent` with `label_drop_prob`.
@@ -208,8 +210,9 @@ class MAR(nn.Module):
         x = torch.cat([buffers.unsqueeze(1).expand(b, self.buffer_size, dim), x], dim=1)
         x = x + resize_grid_embedding(self.encoder_pos_embed_learned, grid, self.buffer_size)
         x = self.z_proj_ln(x)
-        keep = torch.cat([torch.ones(b, self.buffer_size, device=x.device, dtype=torch.bool), ~mask.bool()], dim=1)
-        x = _keep_rows(x, keep)
+        if mask is not None:
+            keep = torch.cat([torch.ones(b, self.buffer_size, device=x.device, dtype=torch.bool), ~mask.bool()], dim=1)
+            x = _keep_rows(x, keep)
         blocks = self.encoder_blocks if num_blocks is None else self.encoder_blocks[:num_blocks]
         x = self._run(blocks, x)
         return self.encoder_norm(x) if len(blocks) == len(self.encoder_blocks) else x
@@ -240,9 +243,8 @@ class MAR(nn.Module):
         self, tokens: torch.Tensor, image_shape: tuple[int, int] | None = None, num_blocks: int | None = None,
     ) -> torch.Tensor:
         """Unmasked encoder features with `fake_latent` buffers (no label enters): (B, buffer + L, C)."""
-        mask = torch.zeros(tokens.shape[:2], device=tokens.device)
         buffers = self.fake_latent.expand(tokens.shape[0], -1)
-        return self.forward_mae_encoder(tokens, mask, buffers, image_shape, num_blocks)
+        return self.forward_mae_encoder(tokens, None, buffers, image_shape, num_blocks)
 
     # ----- training ---------------------------------------------------------------------------------------------
     def sample_orders(self, bsz: int, seq_len: int, generator: torch.Generator | None = None,
@@ -295,48 +297,23 @@ class MAR(nn.Module):
         Each step reveals tokens from the end of a random order, following the cosine mask schedule.
         With cfg != 1 the batch is doubled with `fake_latent` as the unconditional class embedding.
         """
-        if cfg_schedule not in ("linear", "constant"):
-            raise ValueError(f"cfg_schedule={cfg_schedule!r}; use 'linear' or 'constant'")
-        if num_iter < 1:
-            raise ValueError(f"num_iter={num_iter} must be at least 1")
-        device = self.fake_latent.device
-        dtype = self.fake_latent.dtype
+        decoding = MaskedDecoding(num_iter, cfg, cfg_schedule, temperature)
+        device, dtype = self.fake_latent.device, self.fake_latent.dtype
         grid = image_shape or self.default_grid()
         seq_len = grid[0] * grid[1]
         generator = torch.Generator(device=device)
         generator.manual_seed(torch.seed() if seed is None else seed)
-
-        mask = torch.ones(bsz, seq_len, device=device, dtype=torch.bool)
-        tokens = torch.zeros(bsz, seq_len, self.token_embed_dim, device=device, dtype=dtype)
         orders = self.sample_orders(bsz, seq_len, generator, device)
         cond = self.class_emb(labels.to(device)) if labels is not None else self.fake_latent.expand(bsz, -1)
-        guided = float(cfg) != 1.0
-        if guided:
+        if decoding.guided:
             cond = torch.cat([cond, self.fake_latent.expand(bsz, -1)])
-        schedule = mask_schedule(seq_len, num_iter)
-        steps = range(num_iter)
-        if progress:
-            from rich.progress import track
 
-            steps = track(steps, description="MAR sampling")
-        for step in steps:
-            both = (lambda t: torch.cat([t, t])) if guided else (lambda t: t)
-            x = self.forward_mae_encoder(both(tokens), both(mask), cond, grid)
-            z = self.forward_mae_decoder(x, both(mask), grid)
-            mask_len = schedule[step]
-            mask_next = mask_from_orders(orders, mask_len)
-            to_pred = mask if step >= num_iter - 1 else mask ^ mask_next
-            mask = mask_next
-            if cfg_schedule == "linear":
-                cfg_iter = 1 + (cfg - 1) * (seq_len - mask_len) / seq_len
-            else:
-                cfg_iter = cfg
-            z_rows = z[both(to_pred).nonzero(as_tuple=True)]
-            sampled = self.diffloss.sample(z_rows, temperature, cfg_iter if guided else 1.0, generator=generator)
-            if guided:
-                sampled = sampled[: sampled.shape[0] // 2]
-            tokens = tokens.clone()
-            tokens[to_pred.nonzero(as_tuple=True)] = sampled.to(dtype)
+        def condition(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return self.forward_mae_decoder(self.forward_mae_encoder(tokens, mask, cond, grid), mask, grid)
+
+        tokens = torch.zeros(bsz, seq_len, self.token_embed_dim, device=device, dtype=dtype)
+        tokens = decoding.decode(condition, self.diffloss, tokens, orders, generator,
+                                 "MAR sampling" if progress else None)
         return self.unpatchify(tokens, grid)
 
 
@@ -357,3 +334,67 @@ def mask_schedule(seq_len: int, num_iter: int) -> list[int]:
         masked = max(1, min(masked - 1, target))
         counts.append(masked)
     return counts
+
+
+@dataclass(frozen=True)
+class MaskedDecoding:
+    """Masked autoregressive decoding: steps, guidance scale and its schedule, diffusion temperature.
+
+    Shared by MAR's class-conditional sampling and Harmon's text-to-image generation.
+    """
+
+    num_iter: int = 64
+    cfg: float = 1.0
+    cfg_schedule: str = "linear"
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.cfg_schedule not in ("constant", "linear"):
+            raise ValueError(f"cfg_schedule={self.cfg_schedule!r}; use 'constant' (Harmon) or 'linear' (MAR)")
+        if self.num_iter < 1:
+            raise ValueError(f"num_iter={self.num_iter} must be at least 1")
+
+    @property
+    def guided(self) -> bool:
+        """Whether rows are doubled with unconditional copies (cfg != 1)."""
+        return float(self.cfg) != 1.0
+
+    def cfg_at(self, seq_len: int, masked_after: int) -> float:
+        """Guidance scale of one step: constant, or linear in the share of revealed tokens (MAR's rule)."""
+        if self.cfg_schedule == "constant":
+            return self.cfg
+        return 1 + (self.cfg - 1) * (seq_len - masked_after) / seq_len
+
+    def decode(
+        self, condition: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], diffloss: DiffLoss,
+        tokens: torch.Tensor, orders: torch.Tensor, generator: torch.Generator, progress: str | None = None,
+    ) -> torch.Tensor:
+        """Reveal `tokens` (B, L, C), all masked at first, along `orders` (B, L); returns them filled in place.
+
+        Each step `condition(tokens, mask)` gives the diffusion head's per-token conditions; when guided, both
+        arguments are the batch twice, as rows [conditional | unconditional]. The tokens leaving the mask (all
+        that are left at the last step) are sampled from `diffloss`. `progress` names a progress bar.
+        """
+        guided = self.guided
+
+        def both(t: torch.Tensor) -> torch.Tensor:
+            return torch.cat([t, t]) if guided else t
+
+        seq_len = orders.shape[1]
+        mask = torch.ones(orders.shape, device=tokens.device, dtype=torch.bool)
+        schedule = mask_schedule(seq_len, self.num_iter)
+        steps: Iterable[int] = range(self.num_iter)
+        if progress:
+            from rich.progress import track
+
+            steps = track(steps, description=progress)
+        for step in steps:
+            z = condition(both(tokens), both(mask))
+            mask_next = mask_from_orders(orders, schedule[step])
+            to_pred = mask if step == self.num_iter - 1 else mask & ~mask_next
+            mask = mask_next
+            scale = self.cfg_at(seq_len, schedule[step]) if guided else 1.0
+            sampled = diffloss.sample(z[both(to_pred).nonzero(as_tuple=True)], self.temperature, scale,
+                                      generator=generator)
+            tokens[to_pred.nonzero(as_tuple=True)] = sampled[: int(to_pred.sum())].to(tokens.dtype)
+        return tokens

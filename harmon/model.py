@@ -18,9 +18,10 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
 from harmon.checkpoints import CheckpointError, check_keys
+from harmon.layers import silu_mlp
 from harmon.mar import MAR, MARConfig
 from harmon.prompts import CFG_PROMPT, DEFAULT_QUESTION
-from harmon.understanding import PluggedEncoder, VisualEncoder, mlp, positions_from_mask
+from harmon.understanding import PluggedEncoder, VisualEncoder, positions_from_mask
 from harmon.vae import KL16_SCALE, build_kl16, encode, kl16_config
 
 OFFICIAL_PARTS = ("llm", "mar", "proj_in", "proj_out")
@@ -64,8 +65,8 @@ class Harmon(nn.Module):
         self.llm = Qwen2ForCausalLM(config.llm)
         self.mar = MAR(config.mar)
         hidden, width = config.llm.hidden_size, config.mar.encoder_embed_dim
-        self.proj_in = mlp(width, hidden, hidden)
-        self.proj_out = mlp(hidden, hidden, width)
+        self.proj_in = silu_mlp(width, hidden, hidden)
+        self.proj_out = silu_mlp(hidden, hidden, width)
         self.understanding = (PluggedEncoder(understanding_encoder, hidden)
                               if understanding_encoder is not None else None)
 

@@ -15,6 +15,7 @@ from PIL import Image
 from torch import nn
 from transformers import DynamicCache, Qwen2ForCausalLM
 
+from harmon.layers import silu_mlp
 from harmon.prompts import IMAGE_TOKEN, encode_turn, preprocess_image
 from harmon.tokenizer import IM_END, PAD_TOKEN
 
@@ -30,11 +31,6 @@ class VisualEncoder(Protocol):
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
 
-def mlp(dim_in: int, hidden: int, dim_out: int) -> nn.Sequential:
-    """Linear-SiLU-Linear, the official projector shape (`build_mlp`)."""
-    return nn.Sequential(nn.Linear(dim_in, hidden), nn.SiLU(), nn.Linear(hidden, dim_out))
-
-
 class PluggedEncoder(nn.Module):
     """A `VisualEncoder` followed by its own Linear-SiLU-Linear projector to the LLM width."""
 
@@ -44,7 +40,7 @@ class PluggedEncoder(nn.Module):
             raise TypeError(f"understanding_encoder must be an nn.Module with an int `embed_dim` attribute and "
                             f"__call__(pixels) -> (B, N, embed_dim); got {type(encoder).__name__}")
         self.encoder = encoder
-        self.proj = mlp(encoder.embed_dim, hidden, hidden)
+        self.proj = silu_mlp(encoder.embed_dim, hidden, hidden)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         tokens = self.encoder(pixels.to(self.proj[0].weight.dtype))

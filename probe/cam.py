@@ -1,4 +1,5 @@
-"""Grad-CAM++ maps of a frozen encoder plus a trained linear probe, for the probe logit of a chosen class."""
+"""Grad-CAM++ maps of a frozen encoder: for a trained linear probe's class logit, or with no classifier for the cosine
+similarity of the pooled feature to a reference embedding; constant (blank) maps are detected, never drawn silently."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -33,10 +35,67 @@ class ProbeClassifier(nn.Module):
         return self.head(inputs.float())
 
 
+class PooledFeatures(nn.Module):
+    """pixels -> the encoder's pooled vector (what cosine-similarity targets score)."""
+
+    def __init__(self, encoder: Encoder, pooling: str | None = None, layer: int | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = pooling or encoder.default_pooling
+        self.layer = layer
+        anchor = next(encoder.parameters(), torch.zeros(0))  # a device for encoders without parameters (pixels)
+        self.anchor = nn.Parameter(torch.zeros(0, device=anchor.device), requires_grad=False)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.encoder(pixels, layer=self.layer, pooling=self.pooling).pooled.float()
+
+
+class CosineTarget:
+    """Grad-CAM target: cosine similarity of one image's pooled feature to a reference embedding (D,)."""
+
+    def __init__(self, reference: torch.Tensor):
+        self.reference = reference.detach().float().flatten()
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        reference = self.reference.to(output.device)
+        return F.cosine_similarity(output.flatten(), reference, dim=0)
+
+
 def _check_layer(encoder: Encoder, layer: int | None) -> None:
     if layer is not None and layer not in (-1, encoder.num_layers() - 1):
-        raise ValueError(f"Grad-CAM++ reads {encoder.name}'s cam_layer() (its last block), but the probe was trained "
-                         f"on layer={layer}; explain a probe trained on the final features (layer=None)")
+        raise ValueError(f"Grad-CAM++ reads {encoder.name}'s final features, but the probe was trained on "
+                         f"layer={layer}; explain a probe trained on the final features (layer=None)")
+
+
+def constant_maps(maps: np.ndarray, tolerance: float = 1e-6) -> list[int]:
+    """Positions of maps that are identically zero or constant (nothing to draw; the target saw no patch)."""
+    flat = np.asarray(maps, dtype=np.float64).reshape(len(maps), -1)
+    return [i for i, row in enumerate(flat) if not np.isfinite(row).all() or np.ptp(row) <= tolerance]
+
+
+def run_grad_cam(model: nn.Module, encoder: Encoder, images: torch.Tensor, targets: Sequence, pooling: str | None,
+                 batch_size: int = 16) -> np.ndarray:
+    """Grad-CAM++ maps [B, H, W] of `model` for one target callable per image, at the encoder's CAM layer for
+    `pooling` (see `Encoder.cam_layer_for`). The CAM object is built once and reused for every batch."""
+    from pytorch_grad_cam import GradCAMPlusPlus
+
+    if images.ndim != 4:
+        raise ValueError(f"images must be a [B, 3, H, W] tensor, got shape {tuple(images.shape)}")
+    if len(targets) != len(images):
+        raise ValueError(f"{len(images)} images but {len(targets)} targets; give one target per image")
+    device = next(model.parameters()).device
+    height, width = images.shape[-2:]
+    layer = encoder.cam_layer_for(pooling or encoder.default_pooling)
+    maps: list[np.ndarray] = []
+    with torch.enable_grad(), GradCAMPlusPlus(model, [layer], encoder.cam_reshape(height, width)) as cam:
+        cam.compute_input_gradient = True  # frozen encoders: make activations require grad through the input
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size].to(device)
+            maps.append(cam(input_tensor=batch, targets=list(targets[start : start + batch_size])))
+            del cam.outputs
+    if sum(len(m) for m in maps) != len(images):  # the library's context manager swallows IndexError
+        raise RuntimeError(f"Grad-CAM++ returned maps for {sum(len(m) for m in maps)} of {len(images)} images")
+    return np.concatenate(maps)
 
 
 def compute_cams(
@@ -50,9 +109,7 @@ def compute_cams(
     features: str = "pooled",
 ) -> np.ndarray:
     """Grad-CAM++ maps [B, H, W] in [0, 1] (each image min-max normalised) for preprocessed `images`
-    [B, 3, H, W], each explained for the probe logit of its entry in `classes` (one int applies to all).
-    The CAM object is built once (as a context manager) and reused for every batch of `batch_size`."""
-    from pytorch_grad_cam import GradCAMPlusPlus
+    [B, 3, H, W], each explained for the probe logit of its entry in `classes` (one int applies to all)."""
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     if images.ndim != 4:
@@ -63,18 +120,23 @@ def compute_cams(
     _check_layer(encoder, layer)
     device = next(encoder.parameters(), next(head.parameters())).device  # the head follows the encoder
     model = ProbeClassifier(encoder, head.to(device), pooling, layer, features)
-    height, width = images.shape[-2:]
-    maps: list[np.ndarray] = []
-    with torch.enable_grad(), GradCAMPlusPlus(model, [encoder.cam_layer()], encoder.cam_reshape(height, width)) as cam:
-        cam.compute_input_gradient = True  # frozen encoders: make activations require grad through the input
-        for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size].to(device)
-            chosen = [ClassifierOutputTarget(c) for c in targets[start : start + batch_size]]
-            maps.append(cam(input_tensor=batch, targets=chosen))
-            del cam.outputs
-    if sum(len(m) for m in maps) != len(images):  # the library's context manager swallows IndexError
-        raise RuntimeError(f"Grad-CAM++ returned maps for {sum(len(m) for m in maps)} of {len(images)} images")
-    return np.concatenate(maps)
+    return run_grad_cam(model, encoder, images, [ClassifierOutputTarget(c) for c in targets], model.pooling,
+                        batch_size)
+
+
+def compute_similarity_cams(encoder: Encoder, images: torch.Tensor, references: torch.Tensor,
+                            pooling: str | None = None, batch_size: int = 16) -> np.ndarray:
+    """Grad-CAM++ maps [B, H, W] of the cosine similarity between each image's pooled feature and its reference
+    embedding (`references` [B, D] or one [D] for all): maps for any encoder, no classifier needed."""
+    references = torch.as_tensor(references, dtype=torch.float32)
+    references = references.expand(len(images), -1) if references.ndim == 1 else references
+    model = PooledFeatures(encoder, pooling)
+    with torch.no_grad():
+        dim = model(images[:1].to(model.anchor.device)).shape[1]
+    if references.shape != (len(images), dim):
+        raise ValueError(f"references of shape {tuple(references.shape)} do not match {len(images)} images with "
+                         f"{dim}-d pooled features ({encoder.name}, pooling {model.pooling}); pass [B, {dim}] or [{dim}]")
+    return run_grad_cam(model, encoder, images, [CosineTarget(r) for r in references], model.pooling, batch_size)
 
 
 def to_display(pixels: torch.Tensor, preprocess: Preprocess) -> np.ndarray:

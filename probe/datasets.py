@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from harmon.checkpoints import cache_dir as harmon_cache_dir
+from harmon.checkpoints import offline
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -202,14 +203,33 @@ def _download_fashion_mnist(cache_dir: Path) -> Path:
     return cache_dir / "FashionMNIST" / "raw"
 
 
+def _local_fashion_mnist_dirs() -> list[Path]:
+    """Where an installed copy is looked for: $FASHION_MNIST_DIR alone when set, else the Debian package's folder
+    and an earlier download in $HARMON_CACHE."""
+    if os.environ.get("FASHION_MNIST_DIR"):
+        return [Path(os.environ["FASHION_MNIST_DIR"])]
+    return [FASHION_MNIST_SYSTEM_DIR, harmon_cache_dir() / "fashion-mnist" / "FashionMNIST" / "raw"]
+
+
+def fashion_mnist_dir() -> Path | None:
+    """The local folder holding all four Fashion-MNIST IDX files, or None; never downloads."""
+    stems = [f"{prefix}-{kind}-idx{dims}-ubyte" for prefix in ("train", "t10k") for kind, dims in (("images", 3),
+                                                                                                    ("labels", 1))]
+    for directory in _local_fashion_mnist_dirs():
+        if all(_idx_file(directory, stem) is not None for stem in stems):
+            return directory
+    return None
+
+
 def fashion_mnist(
-    split: Literal["train", "val", "test"], root: str | Path | None = None
+    split: Literal["train", "val", "test"], root: str | Path | None = None, download: bool = True
 ) -> ArrayImageDataset:
     """Fashion-MNIST 28x28 images as RGB; "val" and "test" both mean the 10k t10k split.
 
-    An explicit `root` must hold the IDX files. Without it, looks in $FASHION_MNIST_DIR, then
-    /usr/share/datasets/fashion-mnist, then downloads with torchvision into
-    $HARMON_CACHE/fashion-mnist; raises DatasetUnavailable if none works.
+    An explicit `root` must hold the IDX files. Without it, looks in $FASHION_MNIST_DIR (only there when it is
+    set), else in /usr/share/datasets/fashion-mnist and $HARMON_CACHE/fashion-mnist; then, with `download` and
+    unless HF_HUB_OFFLINE=1, downloads with torchvision into $HARMON_CACHE/fashion-mnist. Raises
+    DatasetUnavailable if none works.
     """
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
@@ -220,12 +240,14 @@ def fashion_mnist(
             raise DatasetUnavailable(f"no Fashion-MNIST {prefix} IDX files in {root}; {FASHION_MNIST_FIX}")
         return dataset
     tried: list[str] = []
-    candidates = [Path(os.environ["FASHION_MNIST_DIR"])] if os.environ.get("FASHION_MNIST_DIR") else []
-    for directory in [*candidates, FASHION_MNIST_SYSTEM_DIR]:
+    for directory in _local_fashion_mnist_dirs():
         dataset = _fashion_mnist_from_dir(directory, prefix)
         if dataset is not None:
             return dataset
         tried.append(str(directory))
+    if not download or offline():
+        why = "HF_HUB_OFFLINE=1 forbids downloading" if download else "downloading was not asked for"
+        raise DatasetUnavailable(f"Fashion-MNIST not found in {tried} and {why}; {FASHION_MNIST_FIX}")
     cache_dir = harmon_cache_dir() / "fashion-mnist"
     try:
         dataset = _fashion_mnist_from_dir(_download_fashion_mnist(cache_dir), prefix)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harmon.utils.runtime import resolve_device
 from probe.metrics import to_numpy, topk_correct
 
 Features = np.ndarray | torch.Tensor
@@ -54,7 +55,7 @@ def knn_probe(
     device: str | None = None,
 ) -> dict[int, dict[str, float]]:
     """Top-1/top-5 (percent) of the temperature-weighted k-NN classifier for every k in `ks`."""
-    compute_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    compute_device = resolve_device(device)
     keys, queries = (
         _normalised(train_x, "train_x", compute_device),
         _normalised(test_x, "test_x", compute_device),

@@ -14,7 +14,6 @@ held-out part of train, retrains that setting on the full train set and evaluate
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
@@ -24,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harmon.utils.runtime import resolve_device
+from harmon.utils.schedules import warmup_cosine
 from probe.datasets import stratified_split
 from probe.metrics import to_numpy, topk_accuracy
 
@@ -69,11 +70,7 @@ def scheduled_lr(
     peak: float | torch.Tensor, progress: float, config: LinearProbeConfig
 ) -> float | torch.Tensor:
     """MAE's schedule at `progress` epochs (fractional): linear warm-up, then half-cycle cosine to min_lr."""
-    if progress < config.warmup_epochs:
-        return peak * progress / config.warmup_epochs
-    span = config.epochs - config.warmup_epochs
-    cosine = 0.5 * (1.0 + math.cos(math.pi * (progress - config.warmup_epochs) / span)) if span else 1.0
-    return config.min_lr + (peak - config.min_lr) * cosine
+    return warmup_cosine(progress, config.epochs, config.warmup_epochs, peak=peak, floor=config.min_lr)
 
 
 def trust_ratio(param_norm: torch.Tensor, update_norm: torch.Tensor, coefficient: float) -> torch.Tensor:
@@ -140,13 +137,6 @@ class LinearProbeHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.linear(self.norm(features))
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """The requested device, or CUDA when available, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def initial_weights(dim: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from harmon.utils.files import atomic_write
+
 
 def _pyplot():
     import matplotlib
@@ -22,13 +24,10 @@ def save_figure(fig, stem: str | os.PathLike, dpi: int = 150) -> list[Path]:
     """Write `stem`.png and `stem`.pdf through temporary files; close the figure."""
     plt = _pyplot()
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for fmt in ("png", "pdf"):
         path = stem.with_name(f"{stem.name}.{fmt}")
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
+        atomic_write(path, lambda handle, fmt=fmt: fig.savefig(handle, format=fmt, dpi=dpi, bbox_inches="tight"))
         written.append(path)
     plt.close(fig)
     return written

@@ -8,7 +8,6 @@ heads and PNG/PDF plots into a run folder. A CAM study trains (or loads) the hea
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,8 +16,35 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
+from safetensors import safe_open
+from safetensors.torch import load_file
 
-from probe.datasets import LabelledImages
+from encoders.registry import create_encoder, weights_source
+from harmon.checkpoints import cache_dir, save_safetensors
+from harmon.utils.files import file_stem, output_dir, write_json
+from harmon.utils.runtime import default_workers, rank
+from probe import plots
+from probe.attentive import AttentiveProbeConfig, attentive_probe
+from probe.datasets import (
+    ImageFolderDataset,
+    LabelledImages,
+    balanced_subset,
+    check_splits,
+    fashion_mnist,
+    sklearn_digits,
+)
+from probe.feature_cache import CachePlan
+from probe.features import ExtractOptions, extract_features
+from probe.knn import knn_probe
+from probe.linear import (
+    LinearProbeConfig,
+    LinearProbeHead,
+    ProbeSweepConfig,
+    predict_logits,
+    sklearn_logreg_probe,
+    sweep_linear_probe,
+)
+from probe.metrics import classification_report
 
 DATA_FORMS = "'imagefolder:PATH' (PATH/train/<class>/*, PATH/val/<class>/*), 'fashion-mnist' or 'digits'"
 
@@ -35,6 +61,11 @@ class EncoderSpec:
     def title(self) -> str:
         return self.label or self.name
 
+    @property
+    def file_name(self) -> str:
+        """`title` as a file name (no ':' or '/')."""
+        return file_stem(self.title)
+
 
 @dataclass
 class ProbeStudyConfig:
@@ -50,8 +81,8 @@ class ProbeStudyConfig:
     pooling: str | None = None
     features: str = "pooled"
     batch_size: int = 64
-    workers: int = 4
-    device: str | None = None
+    workers: int = field(default_factory=default_workers)  # up to 4, at most the CPU cores
+    device: str | None = None  # "auto" or None: CUDA when available (see `harmon.utils.runtime.resolve_device`)
     dtype: str = "fp32"
     epochs: int = 20
     warmup_epochs: int | None = None  # None: a tenth of the epochs (at least one)
@@ -61,6 +92,10 @@ class ProbeStudyConfig:
     weight_decays: tuple[float, ...] = (0.0, 1e-4)
     knn: bool = False
     sklearn: bool = False
+    attentive: bool = False  # also train the attentive probe over the patch tokens (tokens are cached)
+    attentive_epochs: int = 20
+    attentive_lr: float = 1e-3
+    twins: bool = False  # add a random-init twin of every encoder with weights (seeded by `seed`)
     seed: int = 0
     paper_top5: dict[str, float] = field(default_factory=dict)
 
@@ -75,8 +110,13 @@ class ProbeStudyConfig:
         if self.per_class is not None and self.per_class < 1:
             raise ValueError(f"per_class must be at least 1, got {self.per_class}")
 
+    def arms(self) -> list[EncoderSpec]:
+        """The encoders, followed (with `twins`) by a seeded random-init twin of each one that has weights."""
+        twins = [EncoderSpec(s.name, "random", f"{s.title} (random)") for s in self.encoders
+                 if self.twins and s.weights != "random"]
+        return [*self.encoders, *twins]
+
     def cache_root(self) -> Path:
-        from harmon.checkpoints import cache_dir
 
         return Path(self.cache) if self.cache else cache_dir() / "features"
 
@@ -104,13 +144,6 @@ class StudyData:
 
 def load_data(spec: str, per_class: int | None = None, seed: int = 0, check: str = "decode") -> StudyData:
     """Parse a dataset spec (`DATA_FORMS`) and build both splits, with balanced subsets if `per_class`."""
-    from probe.datasets import (
-        ImageFolderDataset,
-        balanced_subset,
-        check_splits,
-        fashion_mnist,
-        sklearn_digits,
-    )
 
     if spec.startswith("imagefolder:"):
         root = Path(spec.split(":", 1)[1]).expanduser()
@@ -148,18 +181,15 @@ def probe_inputs(cache, features: str) -> np.ndarray:
 
 
 def _extract(encoder, data: StudyData, config: ProbeStudyConfig, split: str):
-    from probe.features import extract_features
 
     dataset, subset = (data.train, data.train_subset) if split == "train" else (data.val, data.val_subset)
-    return extract_features(
-        encoder, dataset, config.cache_root(), split, layer=config.layer, pooling=config.pooling,
-        batch_size=config.batch_size, num_workers=config.workers, device=config.device, dtype=config.dtype,
-        subset=subset, tokens=config.features == "tokens", dataset_name=data.name,
-    )
+    plan = CachePlan(config.cache_root(), split, layer=config.layer, pooling=config.pooling, dtype=config.dtype,
+                     tokens=config.features == "tokens" or config.attentive, dataset_name=data.name, subset=subset)
+    options = ExtractOptions(batch_size=config.batch_size, num_workers=config.workers, device=config.device)
+    return extract_features(encoder, dataset, plan, options)
 
 
 def _sweep_config(config: ProbeStudyConfig, num_train: int):
-    from probe.linear import LinearProbeConfig, ProbeSweepConfig
 
     training = LinearProbeConfig(
         epochs=config.epochs,
@@ -170,19 +200,24 @@ def _sweep_config(config: ProbeStudyConfig, num_train: int):
     return ProbeSweepConfig(base_lrs=config.base_lrs, weight_decays=config.weight_decays, training=training)
 
 
+def check_layer(encoder: Any, layer: int | None, name: str) -> None:
+    """A ValueError naming `--layer` and the valid range when `layer` is not a block of `encoder`."""
+    count = encoder.num_layers()
+    if layer is not None and not -count <= layer < count:
+        raise ValueError(f"--layer {layer}: {name} has {count} block{'s' * (count != 1)}; pass a layer in "
+                         f"0..{count - 1} (or -{count}..-1 from the end), or leave --layer out for the final features")
+
+
 def probe_encoder(spec: EncoderSpec, data: StudyData, config: ProbeStudyConfig, console: Console):
     """Extract, probe and evaluate one encoder; returns (result, head, encoder); result and head are None on
     ranks > 0 of a multi-process launch, which only help extracting."""
-    from encoders.registry import create_encoder
-    from probe.knn import knn_probe
-    from probe.linear import predict_logits, sklearn_logreg_probe, sweep_linear_probe
-    from probe.metrics import classification_report
 
-    encoder = create_encoder(spec.name, spec.weights)
+    encoder = create_encoder(spec.name, spec.weights, seed=config.seed)
+    check_layer(encoder, config.layer, spec.name)
     start = time.perf_counter()
     train, val = _extract(encoder, data, config, "train"), _extract(encoder, data, config, "val")
     extract_s = time.perf_counter() - start
-    if _rank() != 0:
+    if rank() != 0:
         return None, None, encoder
     train_x, val_x = probe_inputs(train, config.features), probe_inputs(val, config.features)
     start = time.perf_counter()
@@ -190,7 +225,9 @@ def probe_encoder(spec: EncoderSpec, data: StudyData, config: ProbeStudyConfig, 
     probe_s = time.perf_counter() - start
     report = classification_report(predict_logits(sweep.head, val_x).numpy(), val.labels, data.classes)
     result: dict[str, Any] = {
-        "encoder": spec.name, "weights": spec.weights, "pooling": train.manifest["key"]["pooling"],
+        "encoder": spec.name, "weights": spec.weights,
+        "weights_source": weights_source(spec.name, spec.weights, config.seed),
+        "pooling": train.manifest["key"]["pooling"],
         "layer": config.layer, "features": config.features, "dim": int(train_x.shape[1]),
         "weights_digest": train.manifest["key"]["weights"],
         "top1": report["top1"], "top5": report["top5"], "mean_per_class_top1": report["mean_per_class_top1"],
@@ -208,6 +245,15 @@ def probe_encoder(spec: EncoderSpec, data: StudyData, config: ProbeStudyConfig, 
         start = time.perf_counter()
         result["sklearn"] = sklearn_logreg_probe(train_x, train.labels, val_x, val.labels)
         result["timings"]["sklearn_s"] = time.perf_counter() - start
+    if config.attentive:
+        start = time.perf_counter()
+        attentive = attentive_probe(train.tokens, train.labels, val.tokens, val.labels, AttentiveProbeConfig(
+            epochs=config.attentive_epochs, warmup_epochs=max(1, config.attentive_epochs // 10),
+            batch_size=min(config.probe_batch_size, len(train.labels)), lr=config.attentive_lr, seed=config.seed,
+            device=config.device))
+        result["attentive"] = {"top1": attentive["top1"], "top5": attentive["top5"],
+                               "input_dim": attentive["input_dim"], "tokens": attentive["num_tokens"]}
+        result["timings"]["attentive_s"] = time.perf_counter() - start
     if config.knn:
         ks = tuple(k for k in (10, 20, 100, 200) if k <= len(train.labels)) or (len(train.labels),)
         start = time.perf_counter()
@@ -221,8 +267,6 @@ def probe_encoder(spec: EncoderSpec, data: StudyData, config: ProbeStudyConfig, 
 
 
 def save_head(head: torch.nn.Module, path: Path, result: dict[str, Any], classes: list[str]) -> None:
-    from harmon.checkpoints import save_safetensors
-
     metadata = {"encoder": result["encoder"], "weights_digest": result["weights_digest"], "pooling": result["pooling"],
                 "layer": json.dumps(result["layer"]), "features": result["features"], "classes": json.dumps(classes),
                 "train_cache": result["cache"]["train"]}
@@ -231,10 +275,7 @@ def save_head(head: torch.nn.Module, path: Path, result: dict[str, Any], classes
 
 def load_head(path: Path, encoder, config: ProbeStudyConfig, classes: list[str]):
     """A head saved by a probe run, checked against the encoder weights, pooling, layer, features and classes."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
 
-    from probe.linear import LinearProbeHead
 
     if not path.exists():
         raise FileNotFoundError(f"no probe head {path}; run `harmon probe` with the same encoders first, "
@@ -251,12 +292,6 @@ def load_head(path: Path, encoder, config: ProbeStudyConfig, classes: list[str])
     head = LinearProbeHead(state["linear.weight"].shape[1], state["linear.weight"].shape[0])
     head.load_state_dict(state)
     return head.eval()
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
 
 
 def _data_json(data: StudyData) -> dict[str, Any]:
@@ -298,42 +333,44 @@ def probe_report(results: dict[str, Any]) -> str:
             f"{_fmt(r.get('sklearn', {}).get('top1'))} | {_fmt(knn_top1)} | {r['selected']['base_lr']} | "
             f"{r['selected']['weight_decay']} | {r['timings']['extract_s']:.1f} | {r['timings']['probe_s']:.1f} |"
         )
+    attentive = {label: r["attentive"] for label, r in results["encoders"].items() if "attentive" in r}
+    if attentive:
+        lines += ["", "Attentive probe (one learned query over the patch tokens, the same budget for every encoder):",
+                  "", "| encoder | tokens x dim | top-1 % | top-5 % |", "|---|---|---|---|"]
+        lines += [f"| {label} | {a['tokens']} x {a['input_dim']} | {a['top1']:.2f} | {a['top5']:.2f} |"
+                  for label, a in attentive.items()]
+    lines += ["", "## Weights\n", "| encoder | weights |", "|---|---|"]
+    lines += [f"| {label} | {r.get('weights_source', r['weights'])} |" for label, r in results["encoders"].items()]
     lines += ["", "k-NN: the largest k that fits the training set. Figures: `topk.png`, `per_class.png`, "
               "`confusion-<encoder>.png` (PDF beside each).\n", "## Skipped files\n", _skipped_md(data["skipped"])]
     return "\n".join(lines)
 
 
-def _rank() -> int:
-    """This process's rank under torchrun/accelerate launch (0 otherwise)."""
-    return int(os.environ.get("RANK", "0"))
-
-
 def run_probe_study(config: ProbeStudyConfig, console: Console | None = None) -> dict[str, Any] | None:
     """Run the study; returns the results (None on ranks > 0 of a multi-process launch)."""
-    from probe import plots
 
     console = console or Console()
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(config.out, "--out")
+    output_dir(config.cache_root(), "--cache")
     data = load_data(config.data, config.per_class, config.seed, config.check)
     if data.skipped:
         console.print(f"[yellow]skipped {len(data.skipped)} files[/] (listed in results.json and report.md)")
     encoders: dict[str, Any] = {}
-    for spec in config.encoders:
+    for spec in config.arms():
         result, head, _ = probe_encoder(spec, data, config, console)
         if result is not None:
-            save_head(head, out / "heads" / f"{spec.title}.safetensors", result, data.classes)
+            save_head(head, out / "heads" / f"{spec.file_name}.safetensors", result, data.classes)
             encoders[spec.title] = result
-    if _rank() != 0:
+    if rank() != 0:
         return None
     results = {"config": asdict(config), "data": _data_json(data), "encoders": encoders}
-    _write_json(out / "results.json", results)
+    write_json(out / "results.json", results)
     (out / "report.md").write_text(probe_report(results))
     plots.plot_topk_bars(encoders, out / "topk", config.paper_top5 or None,
                          title=f"Linear probe on {data.name}")
     plots.plot_per_class_heatmap({k: v["per_class_top1"] for k, v in encoders.items()}, out / "per_class")
     for label, r in encoders.items():
-        plots.plot_confusion(r["confusion"], data.classes, out / f"confusion-{label}", title=label)
+        plots.plot_confusion(r["confusion"], data.classes, out / f"confusion-{file_stem(label)}", title=label)
     return results
 
 
@@ -349,63 +386,8 @@ def pick_images(labels: np.ndarray, count: int) -> np.ndarray:
 
 
 def run_cam_study(config: ProbeStudyConfig, images: int = 8, heads: str | None = None, cam_batch_size: int = 8,
-                  console: Console | None = None) -> dict[str, Any] | None:
-    """Train (or load from a probe run's `heads/`) each encoder's probe, then write Grad-CAM++ maps of
-    `images` val images for their true class: cams.png/.pdf, cams-<encoder>.npy, cams.json, cams.md.
-    Returns the results (None on ranks > 0 of a multi-process launch)."""
-    from encoders.registry import create_encoder
-    from probe import plots
-    from probe.cam import ProbeClassifier, compute_cams, overlay, to_display
-    from probe.linear import resolve_device
+                  console: Console | None = None, target: str = "logit") -> dict[str, Any] | None:
+    """Grad-CAM++ grids of every encoder; see `probe.cam_study.run_cam_study`."""
+    from probe.cam_study import run_cam_study as run
 
-    console = console or Console()
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = load_data(config.data, config.per_class, config.seed, config.check)
-    val_labels = data.labels("val")
-    chosen = pick_images(val_labels, images)
-    positions = chosen if data.val_subset is None else data.val_subset[chosen]
-    pictures = [data.val[int(i)][0] for i in positions]
-    targets = val_labels[chosen].tolist()
-    rows: dict[str, np.ndarray] = {}
-    first_row, summary = None, {}
-    for spec in config.encoders:
-        if heads is None:
-            _, head, encoder = probe_encoder(spec, data, config, console)
-        else:
-            encoder = create_encoder(spec.name, spec.weights)
-            head = load_head(Path(heads) / "heads" / f"{spec.title}.safetensors", encoder, config, data.classes)
-        if _rank() != 0:  # other processes of a multi-process launch only help extracting
-            continue
-        device = resolve_device(config.device)
-        encoder, head = encoder.to(device), head.to(device)
-        pixels = torch.stack([encoder.preprocess(p) for p in pictures])
-        start = time.perf_counter()
-        maps = compute_cams(encoder, head, pixels, targets, pooling=config.pooling, layer=config.layer,
-                            batch_size=cam_batch_size, features=config.features)
-        cam_s = time.perf_counter() - start
-        with torch.no_grad():
-            model = ProbeClassifier(encoder, head, config.pooling, config.layer, config.features)
-            predicted = model(pixels.to(device)).argmax(1).cpu().tolist()
-        shown = to_display(pixels, encoder.preprocess)
-        first_row = shown if first_row is None else first_row
-        rows[spec.title] = np.stack([overlay(image, cam) for image, cam in zip(shown, maps, strict=True)])
-        np.save(out / f"cams-{spec.title}.npy", maps)
-        summary[spec.title] = {"encoder": spec.name, "weights": spec.weights, "predicted": predicted,
-                               "correct": int(sum(p == t for p, t in zip(predicted, targets, strict=True))),
-                               "cam_seconds": cam_s, "map_shape": list(maps.shape)}
-    if _rank() != 0:
-        return None
-    captions = [data.classes[t] for t in targets]
-    plots.plot_cam_grid(first_row, rows, out / "cams", captions)
-    results = {"config": asdict(config), "data": _data_json(data), "val_positions": positions.tolist(),
-               "targets": targets, "encoders": summary, "heads": heads}
-    _write_json(out / "cams.json", results)
-    lines = ["# Grad-CAM++ of linear probes\n",
-             f"{len(targets)} val images of `{data.name}`, explained for their true class "
-             "(target: the probe logit; maps min-max normalised per image). Grid: `cams.png` / `cams.pdf`.\n",
-             "| encoder | correct predictions | CAM seconds |", "|---|---|---|"]
-    lines += [f"| {k} | {v['correct']}/{len(targets)} | {v['cam_seconds']:.2f} |" for k, v in summary.items()]
-    lines += ["", "## Skipped files\n", _skipped_md(data.skipped)]
-    (out / "cams.md").write_text("\n".join(lines))
-    return results
+    return run(config, images, heads, cam_batch_size, console, target)

@@ -17,6 +17,7 @@ from PIL import Image
 
 from encoders.adapters.pixels import PixelEncoder
 from encoders.base import Preprocess
+from encoders.harmon_seam import EncoderTokens, plug_encoder
 from encoders.registry import get_entry
 from experiments.ablations.benchmarks import (
     SHORT_ANSWER,
@@ -30,13 +31,6 @@ from experiments.ablations.benchmarks import (
     score_pope,
     subsample,
 )
-from experiments.ablations.encoder_bridge import (
-    PAPER_ENCODERS,
-    EncoderTokens,
-    paper_encoder,
-    plug_encoder,
-    tiny_encoders,
-)
 from experiments.ablations.evaluate import (
     evaluate_generation,
     evaluate_understanding,
@@ -45,21 +39,20 @@ from experiments.ablations.evaluate import (
     score_answers,
     score_generations,
 )
+from experiments.ablations.mini_model import paper_encoder
 from experiments.ablations.report import (
-    PAPER_TABLE5,
     plot_figure6,
     plot_table5,
-    synergy_report,
-    synergy_verdicts,
     table5_csv,
     table5_markdown,
     table5_measurements,
 )
-from experiments.figure2_mini import scale_preset
+from experiments.paper import PAPER_ENCODERS, PAPER_TABLE5
 from experiments.pretrain.data import StreamConfig
-from harmon.harmon_checkpoint import tiny_harmon
+from experiments.pretrain.zoo import scale_preset, tiny_encoders
 from harmon.prompts import preprocess_image
 from harmon.shapesworld import ShapesWorldConfig, render_scene, scene_for_prompt
+from harmon.tiny import tiny_harmon
 
 IMAGENET = Preprocess(image_size=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
@@ -159,14 +152,21 @@ def test_qa_eval_set_is_deterministic_and_balanced():
     assert np.array_equal(np.asarray(items[0]["image"]), np.asarray(again[0]["image"]))
     assert key != [(i["scene"], i["question"], i["answer"], i["kind"]) for i in qa_eval_set(config, 4, 40)]
     kinds = [i["kind"] for i in items]
-    assert {k: kinds.count(k) for k in set(kinds)} == {"existence": 10, "color": 10, "count": 10, "position": 10}
+    assert {k: kinds.count(k) for k in set(kinds)} == {"existence": 8, "color": 8, "count": 8, "position": 8,
+                                                       "shape": 8}
     for kind in ("existence", "position"):
-        assert [i["answer"] for i in items if i["kind"] == kind].count("yes") == 5
+        assert [i["answer"] for i in items if i["kind"] == kind].count("yes") == 4
     assert {i["pope_split"] for i in items if i["kind"] == "existence"} == {"random", "popular", "adversarial"}
     only = qa_eval_set(config, seed=3, count=5, kinds=["color"])
     assert [i["kind"] for i in only] == ["color"] * 5
     with pytest.raises(ValueError, match="position"):
         qa_eval_set(ShapesWorldConfig(max_objects=1), seed=0, count=2, kinds=["position"])
+    hard = qa_eval_set(ShapesWorldConfig(min_objects=2, max_objects=3), seed=3, count=60, kinds=["existence"],
+                       negatives=["popular", "adversarial"])
+    assert {i["pope_split"] for i in hard} == {"popular", "adversarial"}
+    assert {i["negative_strategy"] for i in hard if i["answer"] == "no"} <= {"popular", "adversarial"}
+    with pytest.raises(ValueError, match="negative strategy"):
+        qa_eval_set(config, seed=3, count=4, negatives=["rare"])
 
 
 def test_score_answers_on_known_predictions():
@@ -177,9 +177,10 @@ def test_score_answers_on_known_predictions():
              {"kind": "color", "answer": "red"}, {"kind": "count", "answer": "2"}]
     perfect = score_answers(items, ["Yes.", "No, there is not.", "yes", "no", "Red", "two"])
     assert perfect["accuracy"] == 1.0 and set(perfect["per_kind"].values()) == {1.0}
+    assert perfect["correct"] == [1] * 6
     assert perfect["pope"] == {"accuracy": 1.0, "precision": 1.0, "recall": 1.0, "f1": 1.0, "yes_ratio": 0.5}
     mixed = score_answers(items, ["yes", "yes", "no", "no", "blue", "2"])
-    assert mixed["accuracy"] == pytest.approx(3 / 6)
+    assert mixed["accuracy"] == pytest.approx(3 / 6) and mixed["correct"] == [1, 0, 0, 1, 0, 1]
     assert mixed["per_kind"] == {"existence": 0.5, "color": 0.0, "count": 1.0}
     assert mixed["pope"] == {"accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5, "yes_ratio": 0.5}
     assert mixed["pope_splits"]["random"]["yes_ratio"] == 1.0 and mixed["pope_splits"]["adversarial"]["recall"] == 0
@@ -192,7 +193,8 @@ def test_evaluate_understanding_on_tiny_harmon_is_deterministic(harmon):
     first = evaluate_understanding(harmon, items, batch_size=3, max_new_tokens=4)
     again = evaluate_understanding(harmon, items, batch_size=8, max_new_tokens=4)
     assert first["predictions"] == again["predictions"] and first["accuracy"] == again["accuracy"]
-    assert set(first["per_kind"]) == {"existence", "color", "count", "position"} and 0 <= first["accuracy"] <= 1
+    assert set(first["per_kind"]) == {"existence", "color", "count", "position", "shape"}
+    assert 0 <= first["accuracy"] <= 1
     assert first == {**score_answers(items, first["predictions"]), "predictions": first["predictions"]}
     assert not harmon.training
 
@@ -366,50 +368,6 @@ def synergy_curves() -> dict:
             "gen-only": {"step": steps, "generation": [0.1, 0.2, 0.30]},
             "unified": {"step": steps, "understanding": [0.3, 0.5, 0.61], "generation": [0.1, 0.3, 0.45]},
             "decoupled": {"step": steps, "understanding": [0.3, 0.55, 0.70], "generation": [0.1, 0.2, 0.31]}}
-
-
-def test_synergy_verdicts_flip_with_the_curves():
-    curves = synergy_curves()
-    shows = synergy_verdicts(curves, tolerance=0.02)
-    assert shows["understanding_kept"] and shows["generation_gain"] and shows["gain_disappears_decoupled"]
-    assert shows["synergy_shows"] and shows["comparisons"]["generation_gain"]["diff"] == pytest.approx(0.15)
-    report = synergy_report(curves, tolerance=0.02)
-    assert "**The paper's synergy shows at this scale.**" in report and "+0.150" in report
-
-    no_gain = synergy_curves()
-    no_gain["unified"]["generation"][-1] = 0.31
-    verdict = synergy_verdicts(no_gain, 0.02)
-    assert not verdict["generation_gain"] and not verdict["gain_disappears_decoupled"]
-    report = synergy_report(no_gain, 0.02)
-    assert "does not show at this scale" in report and "no shared-encoder gain to lose" in report
-
-    decoupled_gains = synergy_curves()
-    decoupled_gains["decoupled"]["generation"][-1] = 0.45
-    assert synergy_verdicts(decoupled_gains, 0.02)["gain_disappears_decoupled"] is False
-    assert "the decoupled design gains too" in synergy_report(decoupled_gains, 0.02)
-
-    forgets = synergy_curves()
-    forgets["unified"]["understanding"][-1] = 0.50
-    assert synergy_verdicts(forgets, 0.02)["understanding_kept"] is False
-    assert synergy_verdicts(forgets, 0.2)["understanding_kept"] is True
-
-    missing = {k: v for k, v in synergy_curves().items() if k != "decoupled"}
-    assert synergy_verdicts(missing)["gain_disappears_decoupled"] is None
-    assert "not measured" in synergy_report(missing) and "does not show" in synergy_report(missing)
-
-
-def test_seed_noise_hides_a_gain_of_one_seed():
-    curves = synergy_curves()
-    curves["gen-only"]["generation"] = [[0.1, 0.2, 0.30], [0.1, 0.2, 0.30]]
-    curves["unified"]["generation"] = [[0.1, 0.3, 0.45], [0.1, 0.3, 0.25]]  # mean 0.35, standard error 0.1
-    verdict = synergy_verdicts(curves, tolerance=0.02)
-    assert verdict["comparisons"]["generation_gain"]["noise"] == pytest.approx(0.2)
-    assert verdict["generation_gain"] is False and not verdict["synergy_shows"]
-    curves["unified"]["generation"] = [[0.1, 0.3, 0.45], [0.1, 0.3, 0.43]]
-    assert synergy_verdicts(curves, tolerance=0.02)["generation_gain"] is True
-    late = synergy_curves()
-    late["unified"]["generation"] = [0.1, 0.45, 0.31]
-    assert not synergy_verdicts(late)["generation_gain"] and synergy_verdicts(late, last=2)["generation_gain"]
 
 
 def test_figure6_plot_skips_missing_series(tmp_path):

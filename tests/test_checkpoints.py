@@ -10,7 +10,7 @@ import torch
 
 from harmon.checkpoints import CheckpointError, check_keys, load_file, resolve, save_safetensors
 from harmon.mar import MAR, mar_config
-from harmon.pretrained import infer_mar_config, load_mar
+from harmon.mar_loading import infer_mar_config, load_mar
 
 
 def _write_mar_release(path, config, seed=0):

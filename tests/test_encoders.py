@@ -44,6 +44,16 @@ TINY_MAR = dict(img_size=64, encoder_embed_dim=32, encoder_depth=2, encoder_num_
                 decoder_depth=2, decoder_num_heads=2, diffloss_d=2, diffloss_w=32, buffer_size=4, class_num=10)
 TINY_VIT = dict(depth=2, embed_dim=32, num_heads=2, img_size=64)
 MAR_HEADS = dict(encoder_num_heads=2, decoder_num_heads=2)
+TINY_VIT14 = dict(depth=2, embed_dim=32, num_heads=2)
+TINY_HF_DINOV2 = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=56,
+                      patch_size=14)
+TINY_VAVAE = dict(block_out_channels=(4, 4, 8, 8, 16), norm_num_groups=2, sample_size=64)
+TINY_DIFFUSERS_KL = dict(block_out_channels=(8, 16), norm_num_groups=4, latent_channels=4,
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+_RAE = dict(encoder_hidden_size=64, encoder_num_hidden_layers=2, decoder_hidden_size=32, decoder_num_hidden_layers=1,
+            decoder_num_attention_heads=2, decoder_intermediate_size=64, patch_size=4)
+TINY_RAE_DINOV2 = dict(_RAE, encoder_type="dinov2", encoder_patch_size=14, encoder_input_size=56)
+TINY_RAE_MAE = dict(_RAE, encoder_type="mae", encoder_patch_size=16, encoder_input_size=64)
 
 # registered name -> (create_encoder options for a tiny random model, input size)
 TINY = {
@@ -62,6 +72,24 @@ TINY = {
     "siglip-b16": (dict(config=TINY_VIT), 64),
     "siglip-l16": (dict(config=TINY_VIT), 64),
     "timm": (dict(model_name="vit_small_patch16_224.dino", config=TINY_VIT), 64),
+    **{f"dinov2-{size}{reg}": (dict(config=TINY_VIT14, image_size=56), 56) for size in "sblg" for reg in ("", "-reg")},
+    "mae-b16": (dict(config=TINY_VIT), 64),
+    "mae-l16": (dict(config=TINY_VIT), 64),
+    "mae-h14": (dict(config={**TINY_VIT, "img_size": 56}), 56),
+    "siglip2-b16": (dict(config=TINY_VIT), 64),
+    "siglip2-l16": (dict(config=TINY_VIT), 64),
+    "siglip2-so400m16": (dict(config=TINY_VIT), 64),
+    **{f"dinov2-{size}{reg}-hf": (dict(config=TINY_HF_DINOV2, image_size=56), 56) for size in "sb" for reg in ("", "-reg")},
+    "vae-vavae-f16d32": (dict(config=TINY_VAVAE), 64),
+    "vae-repae-vavae": (dict(config=TINY_DIFFUSERS_KL), 32),
+    "vae-repae-sdvae": (dict(config=TINY_DIFFUSERS_KL, feature="last_block"), 32),
+    "vae-repae-invae": (dict(config=TINY_DIFFUSERS_KL), 32),
+    "rae-dinov2-b": (dict(config=TINY_RAE_DINOV2), 56),
+    "rae-dinov2-s": (dict(config=TINY_RAE_DINOV2), 56),
+    "rae-dinov2-l": (dict(config=TINY_RAE_DINOV2), 56),
+    "rae-mae-b16": (dict(config=TINY_RAE_MAE), 64),
+    "harmon-0.5b-reca-mar": (dict(config=TINY_MAR, vae_config=TINY_KL, image_size=64), 64),
+    "harmon-1.5b-reca-mar": (dict(config=TINY_MAR, vae_config=TINY_KL, image_size=64, projected=True), 64),
 }
 NAMES = [entry.name for entry in list_encoders()]
 

@@ -12,9 +12,10 @@ import pytest
 from PIL import Image
 
 from harmon.generation import generate_images
-from harmon.harmon_checkpoint import TinyBundle, load_harmon, save_tiny_bundle
+from harmon.harmon_loading import load_harmon
 from harmon.images import to_uint8
 from harmon.model import Harmon
+from harmon.tiny import TinyBundle, save_tiny_bundle
 
 ROOT = Path(__file__).parents[1]
 
@@ -77,5 +78,5 @@ def test_unknown_checkpoint_is_reported(tmp_path):
     picture = tmp_path / "x.png"
     Image.new("RGB", (16, 16)).save(picture)
     result = CliRunner().invoke(app, ["ask", str(picture), "hi", "--checkpoint", "harmon-7b", "--device", "cpu"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "harmon-0.5b, harmon-1.5b, harmon-1.5b-o" in result.stderr

@@ -13,15 +13,10 @@ from torch import nn
 
 from harmon.checkpoints import CheckpointError
 from harmon.generation import generate_latents, prompt_batch
-from harmon.harmon_checkpoint import (
-    TINY_CORPUS,
-    load_harmon,
-    save_tiny_bundle,
-    tiny_harmon,
-    tiny_harmon_config,
-)
+from harmon.harmon_loading import load_harmon
 from harmon.model import Harmon, HarmonConfig
 from harmon.prompts import INSTRUCTION, encode_turn, expand2square, image_token_count, preprocess_image
+from harmon.tiny import TINY_CORPUS, save_tiny_bundle, tiny_harmon, tiny_harmon_config
 from harmon.tokenizer import build_tiny_tokenizer, load_tokenizer
 from harmon.understanding import build_understanding_inputs, generate_ids, positions_from_mask
 from tests.conftest import TINY_MAR

@@ -70,8 +70,12 @@ def test_cli_explains_bad_input_and_plans_figure2(tmp_path: Path) -> None:
 
     runner = CliRunner()
     result = runner.invoke(app, ["figure2", "--preset", "figure9"])
-    assert result.exit_code == 2 and "not available" in result.output
-    assert all(name in result.output for name in ("mini", "micro", "paper"))
+    assert result.exit_code == 2 and "neither a figure2 preset" in result.output
+    assert all(name in result.output for name in ("mini", "micro", "long", "paper"))
+    result = runner.invoke(app, ["figure2", "--preset", "micro", "--seeds", "0"])
+    assert result.exit_code == 2 and "--seeds" in result.output
+    result = runner.invoke(app, ["figure2", "--preset", "micro", "--set", "endpoints.semantic=[colour,bogus]"])
+    assert result.exit_code == 2 and "endpoints.semantic" in result.output and "bogus" in result.output
     result = runner.invoke(app, ["probe", "--encoder", "pixels", "--data", "digits", "--weights", "pixels"])
     assert result.exit_code == 2 and "NAME=SOURCE" in result.output
     result = runner.invoke(app, ["probe", "--encoder", "pixels", "--data", "mnist"])
@@ -82,3 +86,4 @@ def test_cli_explains_bad_input_and_plans_figure2(tmp_path: Path) -> None:
     assert [e["name"] for e in config["encoders"]] == ["mar-b", "vae-kl16", "vqgan", "siglip-b16"]
     assert config["data"] == f"imagefolder:{tmp_path / 'imagenet'}" and config["paper_top5"]["SigLIP"] == 95.9
     assert (config["epochs"], config["optimizer"], config["base_lrs"], config["probe_batch_size"]) == (90, "lars", [0.1], 16384)
+    assert config["twins"] and config["attentive"], "the paper preset probes random twins and the attentive probe too"

@@ -30,7 +30,8 @@ from probe.datasets import (
     fashion_mnist,
     sklearn_digits,
 )
-from probe.features import FeatureCache, cache_path, extract_features, load_done
+from probe.feature_cache import CachePlan, FeatureCache, cache_path, load_done
+from probe.features import ExtractOptions, extract_features
 from probe.linear import (
     LinearProbeConfig,
     LinearProbeHead,
@@ -146,8 +147,9 @@ def test_pixels_probe_reaches_sklearn_on_fashion_mnist(tmp_path: Path) -> None:
     except DatasetUnavailable as error:
         pytest.skip(f"Fashion-MNIST not available: {error}")
     pixels = create_encoder("pixels", image_size=28, patch=2)  # 14 x 14 cells at the native resolution
-    caches = [extract_features(pixels, data, tmp_path, split, subset=balanced_subset(data.targets, n, seed=0),
-                               tokens=True, num_workers=0, batch_size=256, progress=False)
+    caches = [extract_features(pixels, data,
+                               CachePlan(tmp_path, split, tokens=True, subset=balanced_subset(data.targets, n, seed=0)),
+                               ExtractOptions(num_workers=0, batch_size=256, progress=False))
               for data, split, n in ((train, "train", 200), (val, "val", 100))]
     (train_x, train_y), (val_x, val_y) = [(c.tokens.reshape(len(c.tokens), -1), c.labels) for c in caches]
     assert train_x.shape == (2000, 14 * 14 * 3) and caches[0].tokens.dtype == np.float16
@@ -163,8 +165,8 @@ def test_pixels_probe_reaches_sklearn_on_fashion_mnist(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ feature cache
 
 def extract_slowly(root: Path) -> None:
-    extract_features(Cells(), SlowImages(delay=0.004), root, "train", batch_size=16, num_workers=0, checkpoint_every=2,
-                     progress=False)
+    extract_features(Cells(), SlowImages(delay=0.004), CachePlan(root, "train"),
+                     ExtractOptions(batch_size=16, num_workers=0, checkpoint_every=2, progress=False))
 
 
 def test_killed_extraction_resumes_without_recomputing(tmp_path: Path) -> None:
@@ -185,16 +187,16 @@ def test_killed_extraction_resumes_without_recomputing(tmp_path: Path) -> None:
     assert 0 < finished < 600 and finished % 32 == 0  # saved every 2 batches of 16
 
     dataset = SlowImages()
-    resumed = extract_features(Cells(), dataset, tmp_path / "killed", "train", batch_size=16, num_workers=0,
-                               progress=False)
+    options = ExtractOptions(batch_size=16, num_workers=0, progress=False)
+    resumed = extract_features(Cells(), dataset, CachePlan(tmp_path / "killed", "train"), options)
     assert dataset.reads == 600 - finished
     assert (resumed.stats["computed"], resumed.stats["reused"]) == (600 - finished, finished)
     assert resumed.manifest["complete"] and sorted(p.name for p in directory.glob("done*")) == ["done.npy"]
-    uninterrupted = extract_features(Cells(), SlowImages(), tmp_path / "fresh", "train", batch_size=16, num_workers=0,
-                                     progress=False)
+    uninterrupted = extract_features(Cells(), SlowImages(), CachePlan(tmp_path / "fresh", "train"), options)
     assert resumed.path.name == uninterrupted.path.name
     assert digest(resumed) == digest(uninterrupted)
-    again = extract_features(Cells(), SlowImages(), tmp_path / "killed", "train", progress=False)
+    again = extract_features(Cells(), SlowImages(), CachePlan(tmp_path / "killed", "train"),
+                             ExtractOptions(progress=False))
     assert (again.stats["computed"], again.stats["reused"]) == (0, 600)
 
 
@@ -202,8 +204,8 @@ def extract_as_rank(rank: int, root: Path, port: int) -> None:
     """One of two real processes joined through gloo, as torchrun or accelerate launch would start them."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    cache = extract_features(Cells(), SlowImages(), root / "two", "train", batch_size=16, num_workers=1,
-                             subset=range(192), progress=False)
+    cache = extract_features(Cells(), SlowImages(), CachePlan(root / "two", "train", subset=range(192)),
+                             ExtractOptions(batch_size=16, num_workers=1, progress=False))
     (root / f"stats-{rank}.json").write_text(json.dumps(cache.stats))
 
 
@@ -215,8 +217,8 @@ def test_two_processes_fill_every_index_like_one(tmp_path: Path) -> None:
     stats = [json.loads((tmp_path / f"stats-{rank}.json").read_text()) for rank in (0, 1)]
     assert [(s["rank"], s["world"], s["computed"]) for s in stats] == [(0, 2, 96), (1, 2, 96)]
     two = FeatureCache.open(next((tmp_path / "two").iterdir()))
-    one = extract_features(Cells(), SlowImages(), tmp_path / "one", "train", batch_size=16, num_workers=0,
-                           subset=range(192), progress=False)
+    one = extract_features(Cells(), SlowImages(), CachePlan(tmp_path / "one", "train", subset=range(192)),
+                           ExtractOptions(batch_size=16, num_workers=0, progress=False))
     assert load_done(two.path, 192).all() and two.manifest["complete"]
     assert two.path.name == one.path.name
     assert digest(two) == digest(one)
@@ -225,11 +227,13 @@ def test_two_processes_fill_every_index_like_one(tmp_path: Path) -> None:
 FILL_THE_DISK = """
     import json, pathlib, resource, signal, subprocess, sys
     from test_probe_pipeline import Cells, SlowImages
-    from probe.features import CacheSpaceError, extract_features
+    from probe.feature_cache import CachePlan, CacheSpaceError
+    from probe.features import ExtractOptions, extract_features
 
     def attempt(root):
         try:
-            cache = extract_features(Cells(), SlowImages(), root, "train", tokens=True, num_workers=0, progress=False)
+            cache = extract_features(Cells(), SlowImages(), CachePlan(root, "train", tokens=True),
+                                     ExtractOptions(num_workers=0, progress=False))
             return {"computed": cache.stats["computed"], "features": cache.features.tobytes().hex()}
         except CacheSpaceError as error:
             return {"error": str(error), "left": sorted(p.name for p in pathlib.Path(root).rglob("*"))}
@@ -267,8 +271,8 @@ def test_full_disk_gives_clear_error_and_resumable_cache(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr[-3000:]
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert list(outcome) == modes
-    reference = extract_features(Cells(), SlowImages(), tmp_path / "reference", "train", tokens=True, num_workers=0,
-                                 progress=False)
+    reference = extract_features(Cells(), SlowImages(), CachePlan(tmp_path / "reference", "train", tokens=True),
+                                 ExtractOptions(num_workers=0, progress=False))
     needed = 600 * 8 * 4 + 600 * 16 * 8 * 2  # float32 features + float16 tokens (4 x 4 cells of 8 dims)
     for mode in modes:
         message = outcome[mode]["full"]["error"]
@@ -281,8 +285,9 @@ def test_cache_key_follows_layer_pooling_preprocessing_and_weights(tmp_path: Pat
     data = ArrayImageDataset(sklearn_digits("val").images[:24], sklearn_digits("val").targets[:24], list("0123456789"))
     encoder = TinyViT()
 
-    def extract(**options) -> FeatureCache:
-        return extract_features(encoder, data, tmp_path, "val", batch_size=10, num_workers=0, progress=False, **options)
+    def extract(**plan) -> FeatureCache:
+        return extract_features(encoder, data, CachePlan(tmp_path, "val", **plan),
+                                ExtractOptions(batch_size=10, num_workers=0, progress=False))
 
     base = extract()
     pixels = torch.stack([encoder.preprocess(data[i][0]) for i in range(len(data))])

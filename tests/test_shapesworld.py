@@ -38,10 +38,8 @@ from harmon.shapesworld import (
 )
 from harmon.shapesworld.evaluate import (
     DetectedObject,
-    cam_energy_in_mask,
     detect_objects,
     normalize_answer,
-    pointing_game,
     pope_scores,
     qa_accuracy,
     score_image,
@@ -50,6 +48,7 @@ from harmon.shapesworld.evaluate import (
 )
 from harmon.shapesworld.geometry import outline
 from harmon.shapesworld.sampling import place_centers
+from probe.localisation import cam_energy_in_mask, pointing_game
 
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
@@ -262,6 +261,8 @@ def answer_from_detections(question: str, detections: list[DetectedObject]) -> s
         return next(d.color for d in detections if d.shape == match.group(1))
     if match := re.fullmatch(r"How many (\w+) are there\?", question):
         return str(sum(d.shape == plural_to_shape[match.group(1)] for d in detections))
+    if match := re.fullmatch(r"What shape is the (\w+) object\?", question):
+        return next(d.shape for d in detections if d.color == match.group(1))
     match = re.fullmatch(r"Is the (\w+) (left of|right of|above|below) the (\w+)\?", question)
     a, rel, b = match.groups()
     centers = {d.shape: d.center for d in detections}
@@ -273,6 +274,8 @@ def flipped(pair: QAPair) -> str:
         return {"yes": "no", "no": "yes"}[pair.answer]
     if pair.kind == "count":
         return str(int(pair.answer) + 1)
+    if pair.kind == "shape":
+        return next(s for s in SHAPES if s != pair.answer)
     return next(c for c in COLORS if c != pair.answer)
 
 
@@ -289,7 +292,7 @@ def test_ground_truth_answers_score_full_and_flipped_answers_zero(strategy):
         pairs += questions
         predictions += [answer_from_detections(q.question, detections) for q in questions]
     answers = [q.answer for q in pairs]
-    assert {q.kind for q in pairs} == {"existence", "color", "count", "position"}
+    assert {q.kind for q in pairs} == {"existence", "color", "count", "position", "shape"}
     assert qa_accuracy(predictions, answers) == 1.0
     assert qa_accuracy([flipped(q) for q in pairs], answers) == 0.0
 
@@ -302,6 +305,17 @@ def test_adversarial_negatives_swap_attributes_of_present_objects():
         q.question for q in questions_for_scene(scene, 0, negative_strategy="adversarial") if q.answer == "no"
     ]
     assert sorted(negatives) == ["Is there a blue star in the image?", "Is there a red circle in the image?"]
+
+
+def test_shape_questions_ask_colours_that_occur_once():
+    scene = Scene(96, objects=(ShapeObject("star", "red", (20, 20), 10), ShapeObject("circle", "blue", (70, 70), 10),
+                               ShapeObject("square", "red", (20, 70), 10), ShapeObject("cross", "green", (70, 20), 8)))
+    asked = {q.question: q.answer for q in questions_for_scene(scene, 0) if q.kind == "shape"}
+    # red occurs twice, so it is never asked about; blue and green once each
+    assert asked == {"What shape is the blue object?": "circle", "What shape is the green object?": "cross"}
+    one = Scene(64, objects=(ShapeObject("hexagon", "yellow", (32, 32), 12),))
+    assert [(q.question, q.answer) for q in questions_for_scene(one, 0) if q.kind == "shape"] == [
+        ("What shape is the yellow object?", "hexagon")]
 
 
 def test_answer_normalisation():

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from harmon.train.config import TrainConfig, list_presets, load_config
-from harmon.train.strict import ConfigError, diff, from_dict, to_dict
+from harmon.utils.strict_yaml import ConfigError, diff, from_dict, to_dict
 
 # The paper's Table 1: per-stage learning rates, image size, batch size, text : i2t : t2i ratio, steps.
 TABLE1 = {

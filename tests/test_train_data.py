@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from harmon.harmon_checkpoint import TINY_CORPUS
 from harmon.prompts import CFG_PROMPT, INSTRUCTION, generation_text, preprocess_image
 from harmon.shapesworld import ShapesWorld, ShapesWorldConfig, describe_scene, questions_for_scene
+from harmon.tiny import TINY_CORPUS
 from harmon.tokenizer import build_tiny_tokenizer
 from harmon.train.batch import IGNORE_INDEX, IMAGE_TOKEN_INDEX, Batch, Shard
 from harmon.train.data import (
@@ -158,7 +158,7 @@ def test_shapesworld_readers_are_functions_of_seed_and_index():
     assert kinds[(question, answer)] in ("color", "existence")
     assert questions.load(4)["turns"] == [(question, answer)]
     with pytest.raises(ValueError, match="unknown question kind"):
-        ShapesWorldQuestions(config, 3, 5, kinds=("shape",))
+        ShapesWorldQuestions(config, 3, 5, kinds=("size",))
 
 
 def test_shapesworld_in_a_stream(tok):

@@ -13,9 +13,9 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from harmon.diffloss import DiffLoss
-from harmon.harmon_checkpoint import TINY_CORPUS, tiny_harmon
 from harmon.mar import MAR
 from harmon.model import Harmon
+from harmon.tiny import TINY_CORPUS, tiny_harmon
 from harmon.tokenizer import build_tiny_tokenizer
 from harmon.train.batch import IGNORE_INDEX, IMAGE_TOKEN_INDEX, Batch, Shard
 from harmon.train.objectives import (

@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 
 from harmon.train.config import load_config
 from harmon.train.run_log import read_metrics
-from harmon.train.strict import ConfigError
 from harmon.train.trainer import Trainer, TrainingStopped, lr_factor
+from harmon.utils.strict_yaml import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -33,7 +33,7 @@ def _env() -> dict[str, str]:
 
 
 def _train_cli(out: Path, *sets: str, steps: int = 8, save_every: int = 4) -> subprocess.CompletedProcess:
-    args = [PYTHON, "-m", "harmon.train", "tiny-shapesworld", "--no-progress", "--set", f"out_dir={out}",
+    args = [PYTHON, "-m", "experiments.train_cli", "tiny-shapesworld", "--no-progress", "--set", f"out_dir={out}",
             "--set", f"steps={steps}", "--set", f"save_every={save_every}", *[a for s in sets for a in ("--set", s)]]
     return subprocess.run(args, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
 
@@ -67,7 +67,7 @@ def test_sigkill_and_resume_give_the_same_later_losses(tmp_path):
     whole = _train_cli(tmp_path / "whole", *sets, steps=steps)
     assert whole.returncode == 0, whole.stderr
     run = tmp_path / "killed"
-    args = [PYTHON, "-m", "harmon.train", "tiny-shapesworld", "--no-progress", "--set", f"out_dir={run}",
+    args = [PYTHON, "-m", "experiments.train_cli", "tiny-shapesworld", "--no-progress", "--set", f"out_dir={run}",
             "--set", f"steps={steps}", "--set", "save_every=4", "--set", sets[0]]
     proc = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
@@ -90,7 +90,7 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_pat
     # accumulate=3: each update sums one i2t and two t2i micro-batches (DDP's no_sync path, unused parameters)
     one = _train_cli(tmp_path / "one", "accumulate=3", steps=6, save_every=6)
     assert one.returncode == 0, one.stderr
-    args = [TORCHRUN, "--nproc_per_node", "2", "--master_port", "29613", "-m", "harmon.train", "tiny-shapesworld",
+    args = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "experiments.train_cli", "tiny-shapesworld",
             "--no-progress", "--set", f"out_dir={tmp_path / 'two'}", "--set", "steps=6", "--set", "save_every=6",
             "--set", "accumulate=3"]
     two = subprocess.run(args, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)

@@ -1,3 +1,1 @@
-"""Encoder adapters; importing this package registers them all."""
-
-from encoders.adapters import harmon_mar, mar, pixels, siglip, timm_generic, vae, vqgan  # noqa: F401
+"""Encoder adapters behind the feature contract of `encoders.base`; `encoders.registry` lists them."""

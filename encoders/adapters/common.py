@@ -10,11 +10,11 @@ from typing import Any
 
 from torch import nn
 
-from harmon.checkpoints import CheckpointError, load_file, offline
+from harmon.checkpoints import CheckpointError, hub_local_only, hub_missing, load_file
 
 # family -> (what it is, the encoders that load it)
 FAMILIES = {
-    "harmon": ("a Harmon model state dict (mar.* / llm.* keys)", "harmon.pretrained"),
+    "harmon": ("a Harmon model state dict (mar.* / llm.* keys)", "harmon-0.5b-mar / harmon-1.5b-mar"),
     "mar": ("a MAR checkpoint", "mar-b / mar-l / mar-h"),
     "llamagen-vq": ("a LlamaGen VQ tokenizer state dict", "vqgan-llamagen-vq16"),
     "taming-vq": ("a taming-transformers VQGAN state dict", "vqgan-taming-f16-16384"),
@@ -108,17 +108,17 @@ def is_hub_id(text: str) -> bool:
 
 
 def load_diffusers(cls: type, source: str, subfolder: str | None = None) -> Any:
-    """Strictly load a diffusers model class from a local directory or a hub id (HF_HUB_OFFLINE honoured)."""
-    local_only = offline()
+    """Strictly load a diffusers model class from a local directory or a hub id (HF_HUB_OFFLINE honoured; an
+    unreachable hub fails at once)."""
+    local_only = not Path(source).is_dir() and hub_local_only()
     try:
         config = cls.load_config(source, subfolder=subfolder, local_files_only=local_only)
     except OSError as err:
+        if not Path(source).is_dir() and is_hub_id(source):
+            raise CheckpointError(hub_missing(source) + f" (a diffusers {cls.__name__} folder)") from err
         where = f"{source}" + (f" (subfolder {subfolder})" if subfolder else "")
-        raise CheckpointError(
-            f"no diffusers config.json found for {where} ({str(err).splitlines()[0]}). Pass a local directory "
-            f"written by save_pretrained, or download it on a connected machine with "
-            f"`huggingface-cli download {source}` (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')})."
-        ) from err
+        raise CheckpointError(f"no diffusers config.json found for {where} ({str(err).splitlines()[0]}); pass a "
+                              "local directory written by save_pretrained or a hub id") from err
     found = config.get("_class_name")
     if found != cls.__name__:
         raise CheckpointError(f"{source} holds a diffusers {found}, not a {cls.__name__}")

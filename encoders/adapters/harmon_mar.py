@@ -17,10 +17,10 @@ from torch import nn
 
 from encoders.adapters.common import explain
 from encoders.adapters.mar import MAREncoder
-from encoders.registry import register
-from harmon.checkpoints import KNOWN_FILES, CheckpointError, check_keys, load_file
+from harmon.checkpoints import CheckpointError, check_keys, load_file
+from harmon.layers import silu_mlp
 from harmon.mar import MAR, mar_config
-from harmon.pretrained import infer_mar_config, mar_state_from_file
+from harmon.mar_loading import infer_mar_config, mar_state_from_file
 from harmon.vae import build_kl16, load_kl16
 
 
@@ -30,7 +30,7 @@ def projector(state: Mapping[str, torch.Tensor], what: str) -> nn.Sequential:
     if "0.weight" not in weights or "2.weight" not in weights:
         raise CheckpointError(f"{what} has no proj_in.0/proj_in.2 weights; is it a Harmon checkpoint?")
     hidden, width = weights["0.weight"].shape
-    proj = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+    proj = silu_mlp(width, hidden, hidden)
     check_keys(proj, weights, f"{what} (proj_in)")
     proj.load_state_dict(weights)
     return proj
@@ -52,18 +52,18 @@ class HarmonMAREncoder(MAREncoder):
         return {**super().describe(), "projected": self.proj_in is not None}
 
 
-def build_harmon_mar(name: str, default: str, weights: str | os.PathLike | None, vae: str | os.PathLike | None,
+def build_harmon_mar(name: str, weights: str | os.PathLike | None, vae: str | os.PathLike | None,
                      projected: bool, image_size: int, config: Mapping[str, Any] | None,
-                     vae_config: Mapping[str, Any] | None) -> HarmonMAREncoder:
-    """weights: None (the named Harmon release), a Harmon checkpoint path / known name, or "random"."""
+                     vae_config: Mapping[str, Any] | None, size: str) -> HarmonMAREncoder:
+    """weights: a Harmon-format checkpoint (the release, or one trained further such as RecA's), or "random"."""
     if weights == "random":
-        variant, width = RANDOM_SHAPES[name]
+        variant, width = RANDOM_SHAPES[size]
         mar = MAR(mar_config(variant, **dict(config or {})))
         hidden = mar.config.encoder_embed_dim
-        proj = nn.Sequential(nn.Linear(hidden, width), nn.SiLU(), nn.Linear(width, width)) if projected else None
+        proj = silu_mlp(hidden, width, width) if projected else None
         kl16 = build_kl16(vae_config) if vae in (None, "random") else load_kl16(vae, vae_config)
         return HarmonMAREncoder(name, mar, kl16, proj, image_size)
-    source = weights or default
+    source = weights
     try:
         state = load_file(source)
         mar_state = mar_state_from_file(state)
@@ -77,21 +77,19 @@ def build_harmon_mar(name: str, default: str, weights: str | os.PathLike | None,
     return HarmonMAREncoder(name, mar, kl16, proj, image_size)
 
 
-# encoder -> (MAR variant, LLM width) of the release, for random initialisation
-RANDOM_SHAPES = {"harmon-0.5b-mar": ("mar_base", 896), "harmon-1.5b-mar": ("mar_huge", 1536)}
+# model size -> (MAR variant, LLM width) of the release, for random initialisation
+RANDOM_SHAPES = {"0.5b": ("mar_base", 896), "1.5b": ("mar_huge", 1536)}
 
 
-@register("harmon-0.5b-mar", family="mar", source=f"{KNOWN_FILES['harmon-0.5b']} (mar.*, proj_in.*) + KL-16")
 def build_harmon_05b(weights: str | None = None, vae: str | None = None, projected: bool = False,
                      image_size: int = 512, config: Mapping[str, Any] | None = None,
-                     vae_config: Mapping[str, Any] | None = None) -> HarmonMAREncoder:
-    """The MAR-B encoder inside Harmon-0.5B (options: projected, image_size, vae)."""
-    return build_harmon_mar("harmon-0.5b-mar", "harmon-0.5b", weights, vae, projected, image_size, config, vae_config)
+                     vae_config: Mapping[str, Any] | None = None, name: str = "harmon-0.5b-mar") -> HarmonMAREncoder:
+    """The MAR-B encoder inside Harmon-0.5B or a model trained on from it (options: projected, image_size, vae)."""
+    return build_harmon_mar(name, weights, vae, projected, image_size, config, vae_config, "0.5b")
 
 
-@register("harmon-1.5b-mar", family="mar", source=f"{KNOWN_FILES['harmon-1.5b']} (mar.*, proj_in.*) + KL-16")
 def build_harmon_15b(weights: str | None = None, vae: str | None = None, projected: bool = False,
                      image_size: int = 512, config: Mapping[str, Any] | None = None,
-                     vae_config: Mapping[str, Any] | None = None) -> HarmonMAREncoder:
-    """The MAR-H encoder inside Harmon-1.5B (options: projected, image_size, vae)."""
-    return build_harmon_mar("harmon-1.5b-mar", "harmon-1.5b", weights, vae, projected, image_size, config, vae_config)
+                     vae_config: Mapping[str, Any] | None = None, name: str = "harmon-1.5b-mar") -> HarmonMAREncoder:
+    """The MAR-H encoder inside Harmon-1.5B or a model trained on from it (options: projected, image_size, vae)."""
+    return build_harmon_mar(name, weights, vae, projected, image_size, config, vae_config, "1.5b")

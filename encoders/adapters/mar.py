@@ -18,10 +18,9 @@ from torch import nn
 
 from encoders.adapters.common import explain, freeze, resolve_layer
 from encoders.base import Encoder, Preprocess
-from encoders.registry import register
-from harmon.checkpoints import KNOWN_FILES, CheckpointError
+from harmon.checkpoints import CheckpointError
 from harmon.mar import MAR, mar_config
-from harmon.pretrained import load_mar
+from harmon.mar_loading import load_mar
 from harmon.vae import KL16_SCALE, build_kl16, encode, load_kl16
 
 # MAR parts that image features never use: the class table, the decoder and the diffusion head
@@ -30,27 +29,35 @@ UNUSED = ("class_emb", "decoder_embed", "mask_token", "decoder_pos_embed_learned
 
 
 class MAREncoder(Encoder):
-    """KL-16 encoder + MAR encoder; the MAR decoder, diffusion head and class embeddings are dropped."""
+    """KL-16 encoder + MAR encoder; the MAR decoder, diffusion head and class embeddings are dropped.
+
+    With `vae=None` the MAR reads pixel patches directly (an MAE-style model over pixels: `vae_stride` 1, the
+    patch size as token size, 3 input channels).
+    """
 
     poolings = ("mean", "buffer_mean")
     default_pooling = "mean"
 
-    def __init__(self, name: str, mar: MAR, vae: AutoencoderKL, image_size: int | None = None,
+    def __init__(self, name: str, mar: MAR, vae: AutoencoderKL | None, image_size: int | None = None,
                  latent_scale: float = KL16_SCALE):
-        if vae.config.latent_channels != mar.config.vae_embed_dim:
-            raise ValueError(f"{name}: the VAE has {vae.config.latent_channels} latent channels, the MAR expects "
-                             f"{mar.config.vae_embed_dim}")
+        channels = 3 if vae is None else vae.config.latent_channels
+        if channels != mar.config.vae_embed_dim:
+            source = "pixels have" if vae is None else "the VAE has"
+            raise ValueError(f"{name}: {source} {channels} channels, the MAR expects {mar.config.vae_embed_dim}")
         super().__init__(Preprocess(image_size=image_size or mar.config.img_size, crop="center",
                                     mean=(0.5,) * 3, std=(0.5,) * 3))
         self.name = name
         self.latent_scale = latent_scale
         for part in UNUSED:
             delattr(mar, part)
-        vae.decoder = vae.post_quant_conv = None
         self.mar = freeze(mar)
-        self.vae = freeze(vae)
+        self.vae = None
+        if vae is not None:
+            vae.decoder = vae.post_quant_conv = None
+            self.vae = freeze(vae)
         self.num_prefix_tokens = mar.buffer_size
-        self.stride = 2 ** (len(vae.config.block_out_channels) - 1) * mar.config.patch_size
+        vae_stride = 1 if vae is None else 2 ** (len(vae.config.block_out_channels) - 1)
+        self.stride = vae_stride * mar.config.patch_size
 
     def grid_for(self, height: int, width: int) -> tuple[int, int]:
         s = self.stride
@@ -66,15 +73,24 @@ class MAREncoder(Encoder):
     def cam_layer(self) -> nn.Module:
         return self.mar.encoder_blocks[-1]
 
+    def cam_layer_for(self, pooling: str | None = None) -> nn.Module:
+        """The last encoder block; for "buffer_mean" its input norm, since the last block's buffer outputs do not
+        depend on that block's own image-token outputs."""
+        if (pooling or self.default_pooling) == "buffer_mean":
+            return self.mar.encoder_blocks[-1].norm1
+        return self.cam_layer()
+
     def forward_sequence(self, pixels: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         """Tokens after encoder block `layer` (the last one is followed by encoder_norm)."""
         grid = self.grid_for(*pixels.shape[-2:])
         blocks = resolve_layer(layer, self.num_layers(), self.name) + 1
-        tokens = self.mar.patchify(encode(self.vae, pixels, scale=self.latent_scale))
+        latents = pixels if self.vae is None else encode(self.vae, pixels, scale=self.latent_scale)
+        tokens = self.mar.patchify(latents)
         return self.mar.encode_features(tokens, image_shape=grid, num_blocks=blocks)
 
     def describe(self) -> dict:
-        return {**super().describe(), "mar": self.mar.config.to_dict(), "latents": f"posterior mode x {self.latent_scale}",
+        latents = "pixel patches" if self.vae is None else f"posterior mode x {self.latent_scale}"
+        return {**super().describe(), "mar": self.mar.config.to_dict(), "latents": latents,
                 "buffers": "fake_latent", "default_pooling": self.default_pooling,
                 "layers": "encoder_blocks[k]; the last block followed by encoder_norm"}
 
@@ -82,7 +98,7 @@ class MAREncoder(Encoder):
 def build_mar(name: str, variant: str, weights: str | os.PathLike | None, vae: str | os.PathLike | None,
               config: Mapping[str, Any] | None, vae_config: Mapping[str, Any] | None, ema: bool,
               image_size: int | None) -> MAREncoder:
-    """weights: None (the official release of `variant`), a checkpoint path / known name, or "random".
+    """weights: a checkpoint path / known name (the registry passes the official release), or "random".
 
     config: MARConfig overrides (with a file, the structure is read off the file and `config` adds what shapes do
     not tell, e.g. head counts). vae: KL-16 source (default "kl16", or "random" when weights="random").
@@ -91,7 +107,7 @@ def build_mar(name: str, variant: str, weights: str | os.PathLike | None, vae: s
     if weights == "random":
         mar = MAR(mar_config(variant, **config))
     else:
-        source = weights or {"mar_base": "mar-base", "mar_large": "mar-large", "mar_huge": "mar-huge"}[variant]
+        source = weights
         try:
             mar = load_mar(source, variant=None if config else variant, ema=ema, **config)
         except CheckpointError as err:
@@ -107,11 +123,6 @@ def build_mar(name: str, variant: str, weights: str | os.PathLike | None, vae: s
     return MAREncoder(name, mar, kl16, image_size)
 
 
-def _source(known: str) -> str:
-    return f"{KNOWN_FILES[known]} (model_ema) + KL-16 {KNOWN_FILES['kl16']}"
-
-
-@register("mar-b", family="mar", source=_source("mar-base"), aliases=("mar",))
 def build_mar_b(weights: str | None = None, vae: str | None = None, config: Mapping[str, Any] | None = None,
                 vae_config: Mapping[str, Any] | None = None, ema: bool = True,
                 image_size: int | None = None) -> MAREncoder:
@@ -119,7 +130,6 @@ def build_mar_b(weights: str | None = None, vae: str | None = None, config: Mapp
     return build_mar("mar-b", "mar_base", weights, vae, config, vae_config, ema, image_size)
 
 
-@register("mar-l", family="mar", source=_source("mar-large"))
 def build_mar_l(weights: str | None = None, vae: str | None = None, config: Mapping[str, Any] | None = None,
                 vae_config: Mapping[str, Any] | None = None, ema: bool = True,
                 image_size: int | None = None) -> MAREncoder:
@@ -127,7 +137,6 @@ def build_mar_l(weights: str | None = None, vae: str | None = None, config: Mapp
     return build_mar("mar-l", "mar_large", weights, vae, config, vae_config, ema, image_size)
 
 
-@register("mar-h", family="mar", source=_source("mar-huge"))
 def build_mar_h(weights: str | None = None, vae: str | None = None, config: Mapping[str, Any] | None = None,
                 vae_config: Mapping[str, Any] | None = None, ema: bool = True,
                 image_size: int | None = None) -> MAREncoder:

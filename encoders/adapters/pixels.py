@@ -7,19 +7,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoders.base import Encoder, Preprocess
-from encoders.registry import register
 
 
 class PixelEncoder(Encoder):
-    """Average-pools pixels into `patch` x `patch` cells; each cell's RGB values are one token."""
+    """Splits pixels into `patch` x `patch` cells; each cell is one token: its mean RGB (`cells="mean"`, 3 values)
+    or all its pixels (`cells="raw"`, 3 * patch * patch values, channel-major as in a ViT's patch embedding)."""
 
     name = "pixels"
     poolings = ("flatten", "mean")
     default_pooling = "flatten"
 
-    def __init__(self, image_size: int = 32, patch: int = 4):
+    def __init__(self, image_size: int = 32, patch: int = 4, cells: str = "mean"):
         super().__init__(Preprocess(image_size=image_size, crop="center", mean=(0.5,) * 3, std=(0.5,) * 3))
+        if cells not in ("mean", "raw"):
+            raise ValueError(f"cells={cells!r}; use 'mean' (mean RGB per cell) or 'raw' (every pixel of the cell)")
         self.patch = patch
+        self.cells = cells
         self.identity = nn.Identity()
 
     def grid_for(self, height: int, width: int) -> tuple[int, int]:
@@ -36,14 +39,16 @@ class PixelEncoder(Encoder):
 
     def forward_sequence(self, pixels: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         self.grid_for(*pixels.shape[-2:])
-        cells = self.identity(F.avg_pool2d(pixels, self.patch) if self.patch > 1 else pixels)
+        if self.cells == "raw":
+            cells = self.identity(F.pixel_unshuffle(pixels, self.patch))
+        else:
+            cells = self.identity(F.avg_pool2d(pixels, self.patch) if self.patch > 1 else pixels)
         return cells.flatten(2).transpose(1, 2)
 
     def describe(self) -> dict:
-        return {**super().describe(), "patch": self.patch}
+        return {**super().describe(), "patch": self.patch, "cells": self.cells}
 
 
-@register("pixels", family="pixels", source="no weights: resized raw pixels", aliases=("raw",))
 def build_pixels(weights: str | None = None, image_size: int = 32, patch: int = 4) -> PixelEncoder:
     if weights not in (None, "random"):
         raise ValueError("the pixels encoder has no weights; drop --weights")

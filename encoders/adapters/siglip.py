@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from encoders.adapters.timm_generic import TimmEncoder, create_timm
-from encoders.registry import register
 
 SIGLIP_B16 = "vit_base_patch16_siglip_256.webli"
 SIGLIP_L16 = "vit_large_patch16_siglip_256.webli"
@@ -25,14 +24,12 @@ def build_siglip(name: str, model_name: str, weights: str | None, config: Mappin
     return TimmEncoder(name, create_timm(model_name, weights, config), model_name)
 
 
-@register("siglip-b16", family="siglip", source=f"hf://timm/{SIGLIP_B16}/model.safetensors", aliases=("siglip",))
 def build_siglip_b16(weights: str | None = None, model_name: str = SIGLIP_B16,
                      config: Mapping[str, Any] | None = None) -> TimmEncoder:
     """SigLIP B/16 (92.9 M parameters); config: timm create_model kwargs (e.g. img_size=384)."""
     return build_siglip("siglip-b16", model_name, weights, config)
 
 
-@register("siglip-l16", family="siglip", source=f"hf://timm/{SIGLIP_L16}/model.safetensors")
 def build_siglip_l16(weights: str | None = None, model_name: str = SIGLIP_L16,
                      config: Mapping[str, Any] | None = None) -> TimmEncoder:
     """SigLIP L/16 (316 M parameters); config: timm create_model kwargs."""

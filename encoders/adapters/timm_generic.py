@@ -4,7 +4,7 @@ Tokens: `layer=None` (or the last block) gives `forward_features` (after the fin
 the raw output of `blocks[k]`, as `forward_intermediates` returns it. CLS / register tokens are the prefix. Poolings:
 "map" (the attention-pool head, before any classifier) where the model has one, "cls" where it has a CLS token, and
 "mean" of the patch tokens; the default follows the model's own `global_pool`. "map" on an earlier layer applies the
-head to that layer's tokens.
+head to that layer's tokens. Grad-CAM++ reads the last block, or its input for "cls" (see `cam_layer_for`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from torch import nn
 
 from encoders.adapters.common import family, family_error, freeze, resolve_layer
 from encoders.base import Encoder, Preprocess
-from encoders.registry import register
 from harmon.checkpoints import CheckpointError, load_file, resolve
 
 _DEFAULT_POOLING = {"map": "map", "token": "cls", "avg": "mean"}
@@ -102,7 +101,15 @@ class TimmEncoder(Encoder):
         return len(self.model.blocks)
 
     def cam_layer(self) -> nn.Module:
-        return self.model.blocks[-1]
+        return self.cam_layer_for(self.default_pooling)
+
+    def cam_layer_for(self, pooling: str | None = None) -> nn.Module:
+        """The last block for patch-reading poolings; for "cls" the last block's input (the output of the block
+        before it, or `norm_pre` for a one-block model), since the last block's CLS output does not depend on
+        that block's own patch outputs."""
+        if (pooling or self.default_pooling) != "cls":
+            return self.model.blocks[-1]
+        return self.model.blocks[-2] if len(self.model.blocks) > 1 else self.model.norm_pre
 
     def map_pool(self, sequence: torch.Tensor) -> torch.Tensor:
         if "map" not in self.poolings:
@@ -123,8 +130,6 @@ class TimmEncoder(Encoder):
                 "layers": "blocks[k] raw output; the last block after the final norm"}
 
 
-@register("timm", family="timm", source="timm hub weights of model_name (its pretrained cfg's hf_hub_id), "
-          "e.g. timm:vit_small_patch16_224.dino")
 def build_timm(weights: str | None = None, model_name: str | None = None,
                config: Mapping[str, Any] | None = None) -> TimmEncoder:
     """`create_encoder("timm:<name>")` or `create_encoder("timm", model_name=...)`; config: create_model kwargs."""

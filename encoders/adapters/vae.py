@@ -23,11 +23,8 @@ from encoders.adapters.common import (
     unwrap,
 )
 from encoders.adapters.conv import ConvLatentEncoder
-from encoders.registry import register
-from harmon.checkpoints import KNOWN_FILES, CheckpointError, check_keys, load_file, resolve, tensors_only
+from harmon.checkpoints import CheckpointError, check_keys, load_file, resolve, tensors_only
 from harmon.vae import build_kl16, diffusers_to_ldm, ldm_to_diffusers, load_kl16
-
-SD_VAE_REPOS = {"vae-sd-ema": "stabilityai/sd-vae-ft-ema", "vae-sd-mse": "stabilityai/sd-vae-ft-mse"}
 
 
 class VAEEncoder(ConvLatentEncoder):
@@ -82,23 +79,21 @@ def _sd_from_file(name: str, source: str, config: dict) -> AutoencoderKL:
 
 
 def build_sd_vae(name: str, weights: str | None, config: dict | None) -> AutoencoderKL:
-    """weights: None (the diffusers hub repo), a diffusers directory or hub id, an original .ckpt/.safetensors, "random"."""
+    """weights: a diffusers directory or hub id, an original .ckpt/.safetensors, "random"."""
     if weights == "random":
         return AutoencoderKL(**sd_vae_config(**(config or {})))
-    source = os.path.expanduser(weights or SD_VAE_REPOS[name])
+    source = os.path.expanduser(weights)
     if Path(source).is_dir() or is_hub_id(source):
         return load_diffusers(AutoencoderKL, source)
     return _sd_from_file(name, source, sd_vae_config(**(config or {})))
 
 
-@register("vae-kl16", family="vae", source=f"{KNOWN_FILES['kl16']} (MAR/Harmon KL-16, key 'model')",
-          aliases=("vae", "kl16"))
 def build_vae_kl16(weights: str | None = None, feature: str = "posterior_mean", config: dict | None = None,
                    image_size: int = 256) -> VAEEncoder:
     """MAR's KL-16. config: `harmon.vae.kl16_config`-style AutoencoderKL arguments (e.g. `tiny_kl16_config()`)."""
     if weights == "random":
         return VAEEncoder("vae-kl16", build_kl16(config), feature, image_size)
-    source = weights or "kl16"
+    source = weights
     try:
         vae = load_kl16(source, config)
     except CheckpointError as err:
@@ -106,14 +101,12 @@ def build_vae_kl16(weights: str | None = None, feature: str = "posterior_mean", 
     return VAEEncoder("vae-kl16", vae, feature, image_size)
 
 
-@register("vae-sd-ema", family="vae", source=f"{SD_VAE_REPOS['vae-sd-ema']} (diffusers hub repo)")
 def build_vae_sd_ema(weights: str | None = None, feature: str = "posterior_mean", config: dict | None = None,
                      image_size: int = 256) -> VAEEncoder:
     """SD VAE ft-EMA. config: overrides of `sd_vae_config()` (random init and single-file loading only)."""
     return VAEEncoder("vae-sd-ema", build_sd_vae("vae-sd-ema", weights, config), feature, image_size)
 
 
-@register("vae-sd-mse", family="vae", source=f"{SD_VAE_REPOS['vae-sd-mse']} (diffusers hub repo)")
 def build_vae_sd_mse(weights: str | None = None, feature: str = "posterior_mean", config: dict | None = None,
                      image_size: int = 256) -> VAEEncoder:
     """SD VAE ft-MSE. config: overrides of `sd_vae_config()` (random init and single-file loading only)."""

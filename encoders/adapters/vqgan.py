@@ -22,20 +22,15 @@ from diffusers import VQModel
 
 from encoders.adapters.common import family, family_error, is_hub_id, load_diffusers, looks_like, unwrap
 from encoders.adapters.conv import ConvLatentEncoder
-from encoders.registry import register
 from harmon.checkpoints import CheckpointError, check_keys, load_file, resolve, tensors_only
 from harmon.vae import diffusers_to_ldm, ldm_to_diffusers
 
-TAMING_URL = "https://heibox.uni-heidelberg.de/d/a7530b09fed84f80a887/files/?p=%2F{}&dl=1"
-TAMING_CKPT = TAMING_URL.format("ckpts%2Flast.ckpt")
-TAMING_YAML = TAMING_URL.format("configs%2Fmodel.yaml")
 # `model.params` of vqgan_imagenet_f16_16384's model.yaml (the loss config is not needed)
 TAMING_F16_16384: dict[str, Any] = {
     "embed_dim": 256, "n_embed": 16384,
     "ddconfig": {"double_z": False, "z_channels": 256, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
                  "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 2, "attn_resolutions": [16], "dropout": 0.0},
 }
-LLAMAGEN_SOURCE = "hf://FoundationVision/LlamaGen/vq_ds16_c2i.pt"
 # LlamaGen's ModelArgs for VQ-16, plus the Encoder/Decoder defaults ch and num_res_blocks
 LLAMAGEN_VQ16: dict[str, Any] = {
     "codebook_size": 16384, "codebook_embed_dim": 8, "codebook_l2_norm": True, "encoder_ch_mult": [1, 1, 2, 2, 4],
@@ -137,7 +132,6 @@ def taming_model(params: Mapping[str, Any]) -> VQModel:
     return vq_model(widths, dd["num_res_blocks"], dd["z_channels"], params["embed_dim"], params["n_embed"], attn)
 
 
-@register("vqgan-taming-f16-16384", family="vqgan", source=f"{TAMING_CKPT} (+ {TAMING_YAML})", aliases=("vqgan",))
 def build_taming(weights: str | None = None, feature: str = "prequant",
                  config: str | Mapping[str, Any] | None = None, image_size: int = 256) -> VQEncoder:
     """taming-transformers VQGAN: a Lightning `last.ckpt` ({"state_dict": ...}, `loss.*` dropped), or a bare or
@@ -145,7 +139,7 @@ def build_taming(weights: str | None = None, feature: str = "prequant",
     name = "vqgan-taming-f16-16384"
     if weights == "random":
         return VQEncoder(name, taming_model(taming_params(config, None)), feature, False, image_size)
-    path = resolve(weights or TAMING_CKPT)
+    path = resolve(weights)
     raw = load_file(path)
     state = {k: v for k, v in unwrap(raw, ("state_dict",)).items() if not k.startswith("loss.")}
     if family(state) != "taming-vq":
@@ -206,7 +200,6 @@ def llamagen_model(args: Mapping[str, Any]) -> VQModel:
                     {len(widths) - 1})
 
 
-@register("vqgan-llamagen-vq16", family="vqgan", source=f"{LLAMAGEN_SOURCE} (key 'model')")
 def build_llamagen(weights: str | None = None, feature: str = "prequant", config: Mapping[str, Any] | None = None,
                    image_size: int = 256) -> VQEncoder:
     """LlamaGen VQ-16: `{"model": sd}` (or "ema" / "state_dict" wrappers, or bare). config: LlamaGen ModelArgs
@@ -217,7 +210,7 @@ def build_llamagen(weights: str | None = None, feature: str = "prequant", config
     if weights == "random":
         model = llamagen_model(args)
     else:
-        path = resolve(weights or LLAMAGEN_SOURCE)
+        path = resolve(weights)
         raw = load_file(path)
         state = unwrap(raw, ("ema", "model", "state_dict"))
         if family(state) != "llamagen-vq":
@@ -233,8 +226,6 @@ def build_llamagen(weights: str | None = None, feature: str = "prequant", config
 
 
 # ---- diffusers VQModel --------------------------------------------------------------------------------------------
-@register("vqgan-diffusers", family="vqgan",
-          source="local path required: a diffusers VQModel directory or hub id (weights=..., subfolder=...)")
 def build_diffusers_vq(weights: str | None = None, feature: str = "prequant", subfolder: str | None = None,
                        config: Mapping[str, Any] | None = None, image_size: int = 256) -> VQEncoder:
     """Any diffusers VQModel (plain L2 quantizer). config: VQModel arguments, for weights="random" only."""

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from experiments.ablations.encoder_bridge import PAPER_ENCODERS, TABLE5_ENCODERS
 from experiments.ablations.mini_model import SmallLLM
+from experiments.paper import PAPER_ENCODERS, TABLE5_ENCODERS
 from harmon.shapesworld import CATEGORIES
-from harmon.shapesworld.questions import QUESTION_KINDS
+from harmon.shapesworld.questions import NEGATIVE_STRATEGIES, QUESTION_KINDS
 from harmon.shapesworld.vocab import require_known
 from harmon.train.config import MODULE_GROUPS, ModelConfig, SourceConfig
-from harmon.train.strict import ConfigError, from_dict, read_yaml, set_override
+from harmon.utils.strict_yaml import ConfigError, load_typed
 
 PRESETS = Path(__file__).resolve().parents[1] / "presets"
 RUN_NAMES = ("und-only", "gen-only", "unified", "decoupled")
@@ -38,12 +38,14 @@ class SmallModel:
 @dataclass
 class ModelSection:
     """Exactly one of `small` (mini / micro) and `paper` (a trainer ModelConfig, e.g. harmon-0.5b from its
-    released parts); `encoders` maps the Table 5 labels to registry names of the paper encoders."""
+    released parts); `encoders` maps the Table 5 labels to registry names of the paper encoders; `layer_norm`
+    normalises every plugged encoder's tokens (LayerNorm without affine parameters) before its projector."""
 
     image_size: int
     small: SmallModel | None = None
     paper: ModelConfig | None = None
     encoders: dict[str, str] = field(default_factory=lambda: dict(PAPER_ENCODERS))
+    layer_norm: bool = False
 
     def __post_init__(self) -> None:
         if (self.small is None) == (self.paper is None):
@@ -98,13 +100,67 @@ class TrainingSection:
 
 @dataclass
 class QAEval:
-    """Held-out ShapesWorld QA: `items` balanced over `kinds` (default all), drawn from `seed`."""
+    """Held-out ShapesWorld QA: `items` balanced over `kinds` (default all), drawn from `seed`; existence
+    questions take their "no" answers from the `negatives` strategies in turn (default all)."""
 
     items: int = 200
     seed: int = 999
     kinds: list[str] = field(default_factory=lambda: list(QUESTION_KINDS))
+    negatives: list[str] = field(default_factory=lambda: list(NEGATIVE_STRATEGIES))
     batch_size: int = 50
     max_new_tokens: int = 4
+
+    def __post_init__(self) -> None:
+        for key, names, known in (("kinds", self.kinds, QUESTION_KINDS),
+                                  ("negatives", self.negatives, NEGATIVE_STRATEGIES)):
+            unknown = [n for n in names if n not in known]
+            if unknown or not names:
+                raise ConfigError(f"shapesworld.{key}: unknown or no entries {unknown}; choose from {list(known)}")
+
+
+@dataclass
+class Table5Endpoints:
+    """What the Table 5 verdicts are about, fixed before a run. `primary` question kinds make the primary score
+    (accuracy over their items), `control` kinds a control score; intervals at `level` (paired bootstrap with
+    `bootstrap` resamples per seed, Student-t over seeds); a run whose share of "yes" answers to the existence
+    questions lies outside `yes_ratio` has not left the answer prior and is flagged; `tie_margin` (points) is the
+    band of MAR ≈ SigLIP."""
+
+    primary: list[str] = field(default_factory=lambda: ["existence", "shape", "count"])
+    control: list[str] = field(default_factory=lambda: ["color"])
+    level: float = 0.95
+    bootstrap: int = 2000
+    yes_ratio: tuple[float, float] = (0.1, 0.9)
+    tie_margin: float = 5.0
+
+    def __post_init__(self) -> None:
+        for key in ("primary", "control"):
+            unknown = [k for k in getattr(self, key) if k not in QUESTION_KINDS]
+            if unknown:
+                raise ConfigError(f"endpoints.{key}: unknown question kind(s) {unknown}; kinds are "
+                                  f"{list(QUESTION_KINDS)}")
+        if not self.primary:
+            raise ConfigError("endpoints.primary is empty; name at least one question kind")
+        if not 0 < self.level < 1:
+            raise ConfigError(f"endpoints.level={self.level} must lie in (0, 1)")
+        if self.bootstrap < 1 or not 0 <= self.yes_ratio[0] < self.yes_ratio[1] <= 1 or self.tie_margin < 0:
+            raise ConfigError("endpoints: bootstrap must be >= 1, yes_ratio a range low < high within [0, 1] and "
+                              "tie_margin >= 0")
+
+
+@dataclass
+class Figure6Endpoints:
+    """What the Figure 6 verdicts are about: paired intervals at `level` (bootstrap over the shared prompts /
+    questions with `bootstrap` resamples per seed, Student-t over seeds); `tolerance` (fraction) is how far
+    unified may fall below und-only on understanding and still count as keeping it."""
+
+    level: float = 0.95
+    bootstrap: int = 2000
+    tolerance: float = 0.02
+
+    def __post_init__(self) -> None:
+        if not 0 < self.level < 1 or self.bootstrap < 1 or self.tolerance < 0:
+            raise ConfigError("endpoints: level must lie in (0, 1), bootstrap be >= 1 and tolerance >= 0")
 
 
 @dataclass
@@ -136,7 +192,8 @@ class BenchmarkEval:
 
 @dataclass
 class Table5Config:
-    """Understanding-only training (ratio 0:1:0) with each encoder plugged, frozen, for understanding."""
+    """Understanding-only training (ratio 0:1:0) with each encoder plugged, frozen, for understanding; `blind`
+    names the encoder whose token shape a blind run (image tokens zeroed) copies (None: no blind run)."""
 
     name: str
     model: ModelSection
@@ -145,6 +202,8 @@ class Table5Config:
     encoders: list[str] = field(default_factory=lambda: list(TABLE5_ENCODERS))
     shapesworld: QAEval | None = None
     benchmarks: BenchmarkEval | None = None
+    blind: str | None = None
+    endpoints: Table5Endpoints = field(default_factory=Table5Endpoints)
     close: float = 5.0
     margin: float = 10.0
 
@@ -154,6 +213,15 @@ class Table5Config:
             raise ConfigError(f"encoders: {unknown} are not in model.encoders ({list(self.model.encoders)})")
         if (self.shapesworld is None) == (self.benchmarks is None):
             raise ConfigError("give exactly one of shapesworld (small presets) and benchmarks (paper presets)")
+        if self.blind is not None and self.blind not in self.model.encoders:
+            raise ConfigError(f"blind: {self.blind!r} (the encoder whose token shape the blind run copies) is not "
+                              f"in model.encoders ({list(self.model.encoders)})")
+        if self.shapesworld is not None:
+            asked = self.shapesworld.kinds
+            for key in ("primary", "control"):
+                missing = [k for k in getattr(self.endpoints, key) if k not in asked]
+                if missing:
+                    raise ConfigError(f"endpoints.{key}: {missing} are not asked (shapesworld.kinds is {asked})")
 
 
 @dataclass
@@ -172,7 +240,7 @@ class Figure6Config:
     decoupled_encoder: str = "SigLIP"
     shapesworld: QAEval | None = None
     benchmarks: BenchmarkEval | None = None
-    tolerance: float = 0.02
+    endpoints: Figure6Endpoints = field(default_factory=Figure6Endpoints)
     last: int = 1
 
     def __post_init__(self) -> None:
@@ -185,26 +253,17 @@ class Figure6Config:
             raise ConfigError(f"decoupled_encoder {self.decoupled_encoder!r} is not in model.encoders")
         if "decoupled" in self.runs and "understanding" not in self.training.lr:
             raise ConfigError("the decoupled run trains its plugged encoder: give training.lr.understanding")
-
-
-def preset_path(kind: str, preset: str | os.PathLike) -> Path:
-    """`experiments/presets/<kind>-<preset>.yaml` for a preset name, or the YAML file itself."""
-    path = Path(preset)
-    if path.suffix in (".yaml", ".yml"):
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        return path
-    named = PRESETS / f"{kind}-{preset}.yaml"
-    if not named.is_file():
-        known = sorted(p.stem.removeprefix(f"{kind}-") for p in PRESETS.glob(f"{kind}-*.yaml"))
-        raise ConfigError(f"{preset!r} is neither a {kind} preset ({', '.join(known)}) nor a YAML file")
-    return named
+        lr = self.training.lr
+        if "decoupled" in self.runs and "mar_encoder" in self.training.trainable and \
+                lr["understanding"] != lr.get("mar_encoder"):
+            raise ConfigError(f"training.lr.understanding ({lr['understanding']:g}, the decoupled encoder's rate) must "
+                              f"equal training.lr.mar_encoder ({lr.get('mar_encoder')}, the shared encoder's rate)")
+        if self.last < 1:
+            raise ConfigError(f"last={self.last}: average at least the final evaluation")
 
 
 def load_ablation(cls: type[T], kind: str, preset: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()
                   ) -> T:
-    """A `Table5Config` / `Figure6Config` from a preset name or YAML path, with `key.sub=value` overrides."""
-    data = read_yaml(preset_path(kind, preset))
-    for assignment in overrides:
-        set_override(data, assignment)
-    return from_dict(cls, data)
+    """A `Table5Config` / `Figure6Config` from a preset name (`experiments/presets/<kind>-<preset>.yaml`) or a
+    YAML path, with `key.sub=value` overrides."""
+    return load_typed(cls, preset, PRESETS, prefix=f"{kind}-", overrides=overrides)

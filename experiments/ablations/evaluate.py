@@ -48,16 +48,19 @@ YES_NO_KINDS = ("existence", "position")
 SCENES_PER_ITEM = 100  # how many scenes per asked item `qa_eval_set` may scan before giving up on a kind
 
 
-def qa_eval_set(config: ShapesWorldConfig, seed: int, count: int,
-                kinds: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def qa_eval_set(config: ShapesWorldConfig, seed: int, count: int, kinds: Sequence[str] | None = None,
+                negatives: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """`count` QA items split evenly over `kinds` (default: all), at most one per kind and scene.
 
-    Scene i asks existence questions with the negative strategy NEGATIVE_STRATEGIES[i % 3] (its POPE split);
-    yes/no kinds alternate "yes" and "no" answers so each kind is balanced. Items: image (PIL), question, answer,
-    kind, negative_strategy (of a "no" existence answer), pope_split (existence only) and scene (its index).
+    Scene i asks existence questions with the negative strategy negatives[i % len(negatives)] (its POPE split;
+    default: all of NEGATIVE_STRATEGIES); yes/no kinds alternate "yes" and "no" answers so each kind is balanced.
+    Items: image (PIL), question, answer, kind, negative_strategy (of a "no" existence answer), pope_split
+    (existence only) and scene (its index).
     """
     kinds = tuple(kinds or QUESTION_KINDS)
+    negatives = tuple(negatives or NEGATIVE_STRATEGIES)
     require_known("question kind", kinds, QUESTION_KINDS)
+    require_known("negative strategy", negatives, NEGATIVE_STRATEGIES)
     if count < 1:
         raise ValueError(f"count={count}; ask for at least one item")
     quota = {kind: count // len(kinds) + (i < count % len(kinds)) for i, kind in enumerate(kinds)}
@@ -65,7 +68,7 @@ def qa_eval_set(config: ShapesWorldConfig, seed: int, count: int,
     for index in range(SCENES_PER_ITEM * count):
         if all(taken[kind] >= quota[kind] for kind in kinds):
             return items
-        scene, split = world.scene(index), NEGATIVE_STRATEGIES[index % len(NEGATIVE_STRATEGIES)]
+        scene, split = world.scene(index), negatives[index % len(negatives)]
         rng = world.rng(index, "questions")
         pairs = questions_for_scene(scene, rng, config, split)
         image = None
@@ -96,7 +99,8 @@ def is_correct(prediction: str, answer: str) -> bool:
 
 
 def score_answers(items: Sequence[dict[str, Any]], predictions: Sequence[str]) -> dict[str, Any]:
-    """Accuracy overall and per kind, and POPE scores of the existence items overall and per split."""
+    """Accuracy overall and per kind, POPE scores of the existence items overall and per split, and `correct`:
+    each item's 0/1 correctness (for paired comparisons on the same items)."""
     if len(items) != len(predictions) or not items:
         raise ValueError(f"got {len(predictions)} predictions for {len(items)} items; pass equally long, "
                          "non-empty lists")
@@ -114,7 +118,7 @@ def score_answers(items: Sequence[dict[str, Any]], predictions: Sequence[str]) -
         return asdict(pope_scores([p for _, p in pairs], [item["answer"] for item, _ in pairs]))
 
     return {
-        "accuracy": float(np.mean(hits)), "count": len(items),
+        "accuracy": float(np.mean(hits)), "count": len(items), "correct": [int(hit) for hit in hits],
         "per_kind": {kind: float(np.mean(v)) for kind, v in by_kind.items()},
         "counts": {kind: len(v) for kind, v in by_kind.items()},
         "pope": pope(existence) if existence else None,
@@ -171,12 +175,13 @@ def safe_score(image: Image.Image, spec: PromptSpec) -> GenEvalResult:
 
 def score_generations(specs: Sequence[PromptSpec], images: Sequence[Image.Image]) -> dict[str, Any]:
     """Detect objects in each image and score it against its spec: GenEval's overall (mean over categories) and
-    per-category accuracy, and each image's verdict."""
+    per-category accuracy, each image's verdict, and `correct`: each image's 0/1 score in prompt order."""
     if len(specs) != len(images) or not specs:
         raise ValueError(f"got {len(images)} images for {len(specs)} specs; pass equally long, non-empty lists")
     results = [safe_score(image, spec) for spec, image in zip(specs, images, strict=True)]
     summary = summarize(results)
     return {"overall": summary.overall, "per_category": summary.per_category, "count": len(results),
+            "correct": [int(r.correct) for r in results],
             "results": [{"prompt": prompt_text(spec), "category": r.category, "correct": r.correct,
                          "reason": r.reason} for spec, r in zip(specs, results, strict=True)]}
 

@@ -35,18 +35,20 @@ class HarmonFactory:
             self.parts = load_tiny_parts(model.small.parts, Path(cache) / "pretrain", console=console)
             self.tokenizer = small_tokenizer(model.small.llm.vocab_size)
 
-    def build(self, seed: int, encoder: str | None = None, trainable: bool = False) -> Harmon:
-        """The run's Harmon (train mode); `encoder`, a Table 5 label, is plugged for understanding."""
-        small = self.model.small
+    def build(self, seed: int, encoder: str | None = None, trainable: bool = False, blind: bool = False) -> Harmon:
+        """The run's Harmon (train mode); `encoder`, a Table 5 label, is plugged for understanding (with
+        `blind`: zeros of its token shape, the blind baseline)."""
+        small, norm = self.model.small, self.model.layer_norm
         if small is None:
             name = self.model.encoders[encoder] if encoder is not None else None
             with torch.random.fork_rng():
                 torch.manual_seed(seed)
-                return paper_harmon(self.model.paper, self.model.image_size, name, trainable, self.weights)
+                return paper_harmon(self.model.paper, self.model.image_size, name, trainable, self.weights, norm,
+                                    blind)
         model = small_harmon(self.parts, small.llm, self.tokenizer, self.model.image_size, small.diffusion_steps,
                              seed)
         if encoder is not None:
-            with_understanding(model, self.parts.encoders[encoder], trainable, seed)
+            with_understanding(model, self.parts.encoders[encoder], trainable, seed, norm, blind)
         return model.train()
 
     def record(self) -> ModelConfig:

@@ -13,8 +13,11 @@ Protocol:
 - Understanding is scored on held-out ShapesWorld QA (accuracy; paper: the mean of the public benchmarks given),
   generation on ShapesWorld GenEval-style prompts (overall score, checked by the exact ShapesWorld detector);
   und-only is scored on understanding only, gen-only on generation only.
-- The verdicts (`synergy_report`) compare the means of the last `last` evaluations; a difference counts only
-  beyond `tolerance` (or two standard errors over seeds, when larger).
+- Every evaluation keeps each question's and each prompt's score; the verdicts (`figure6_claims`) pair the runs
+  on those shared items (the mean of the last `last` evaluations per item): per seed a paired bootstrap, across
+  seeds a t-interval of the per-seed differences (`endpoints`).
+- The decoupled SigLIP trains at the shared MAR encoder's learning rate (`training.lr.understanding` equal to
+  `training.lr.mar_encoder` in the presets), so the two designs differ in the encoder, not its rate.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from rich.table import Table
 
 from experiments.ablations.config import Figure6Config
 from experiments.ablations.factory import HarmonFactory
-from experiments.ablations.report import RUNS, plot_figure6, synergy_report, synergy_verdicts
+from experiments.ablations.figure6_claims import per_item, synergy_claims
+from experiments.ablations.report import RUNS, plot_figure6, synergy_report
 from experiments.ablations.runs import (
     RunSpec,
     evaluation_points,
@@ -50,7 +54,7 @@ from experiments.ablations.scoring import (
 )
 from harmon.train.batch import TASKS
 from harmon.train.config import ModelConfig, TrainConfig
-from harmon.train.strict import to_dict
+from harmon.utils.strict_yaml import to_dict
 
 RATIOS = {"und-only": (0, 1, 0), "gen-only": (0, 0, 1), "unified": (0, 1, 1), "decoupled": (0, 1, 1)}
 METRICS = {"und-only": ("understanding",), "gen-only": ("generation",), "unified": ("understanding", "generation"),
@@ -113,7 +117,8 @@ def final_table(curves: dict[str, dict[str, Any]]) -> Table:
     return view
 
 
-def report_markdown(config: Figure6Config, curves: dict[str, dict[str, Any]], timings: dict[str, Any]) -> str:
+def report_markdown(config: Figure6Config, curves: dict[str, dict[str, Any]], timings: dict[str, Any],
+                    claims: dict[str, Any]) -> str:
     small = config.model.small is not None
     rows = ["| run | task iterations | understanding | generation |", "|---|---:|---:|---:|"]
     for name, entry in curves.items():
@@ -130,7 +135,7 @@ def report_markdown(config: Figure6Config, curves: dict[str, dict[str, Any]], ti
              f"{g.cfg:g}). Curves are plotted against the iterations of each run's own task "
              "(a unified run alternates i2t and t2i, so it runs twice as many iterations).", "",
              "Final evaluation (mean over seeds):", "", *rows, "",
-             synergy_report(curves, config.tolerance, config.last),
+             synergy_report(claims, config.last, config.endpoints.level),
              f"Setting: {setting}seeds {config.training.seeds}; batch {config.data.batch_size}; "
              f"{config.training.steps} iterations of each task, evaluated every {config.eval_every}.",
              f"Wall time: {timings['total_s']:.0f} s (encoders and tokenizer {timings['setup_s']:.0f} s, runs "
@@ -174,9 +179,9 @@ def run_figure6(config: Figure6Config, out_dir: str | os.PathLike, cache: str | 
                "total_s": time.perf_counter() - began, "train_s": seconds}
     out.mkdir(parents=True, exist_ok=True)
     plot_figure6(curves, out / "figure6")
-    verdicts = synergy_verdicts(curves, config.tolerance, config.last)
+    verdicts = synergy_claims(per_item(runs, METRICS, config.last), config.endpoints)
     (out / "curves.json").write_text(json.dumps({"name": config.name, "curves": curves, "verdicts": verdicts,
                                                  "config": to_dict(config), "timings": timings}, indent=2))
-    (out / "report.md").write_text(report_markdown(config, curves, timings))
+    (out / "report.md").write_text(report_markdown(config, curves, timings, verdicts))
     console.print(final_table(curves))
     return {"curves": curves, "verdicts": verdicts, "timings": timings}

@@ -14,7 +14,6 @@ random weights (`weights=False`, e.g. under `torch.device("meta")`).
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,9 +24,11 @@ from rich.console import Console
 from transformers import PreTrainedTokenizerBase, Qwen2Config
 
 from encoders.base import Encoder
-from experiments.ablations.encoder_bridge import TABLE5_ENCODERS, EncoderTokens, paper_encoder, plug_encoder
-from experiments.figure2_mini import pretrain_encoders, scale_preset, wrap_encoders
-from harmon.harmon_checkpoint import TINY_CORPUS, paper_harmon_config
+from encoders.harmon_seam import BlindTokens, EncoderTokens, plug_encoder
+from encoders.registry import create_encoder
+from experiments.paper import PAPER_ENCODERS, TABLE5_ENCODERS
+from experiments.pretrain.zoo import pretrain_encoders, scale_preset, wrap_encoders
+from harmon.harmon_loading import paper_harmon_config
 from harmon.mar import MARConfig
 from harmon.model import Harmon, HarmonConfig
 from harmon.prompts import INSTRUCTION
@@ -40,6 +41,7 @@ from harmon.shapesworld import (
     generate_prompts,
     questions_for_scene,
 )
+from harmon.tiny import TINY_CORPUS
 from harmon.tokenizer import build_tiny_tokenizer
 from harmon.train.build import build_model
 from harmon.train.config import ModelConfig
@@ -130,30 +132,34 @@ def small_harmon(parts: TinyParts, llm: SmallLLM, tokenizer: PreTrainedTokenizer
     return model.train()
 
 
-def with_understanding(model: Harmon, encoder: Encoder, trainable: bool, seed: int) -> Harmon:
-    """Plug a copy of `encoder` into the understanding path (fresh projector drawn from `seed`)."""
+def with_understanding(model: Harmon, encoder: Encoder, trainable: bool, seed: int, layer_norm: bool = False,
+                       blind: bool = False) -> Harmon:
+    """Plug a copy of `encoder` into the understanding path (fresh projector drawn from `seed`), its tokens
+    layer-normalised when `layer_norm`; `blind` plugs zeros of its token shape instead (the blind baseline)."""
+    tokens = EncoderTokens(copy.deepcopy(encoder), trainable, layer_norm)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return plug_encoder(model, EncoderTokens(copy.deepcopy(encoder), trainable))
+        return plug_encoder(model, BlindTokens(tokens) if blind else tokens)
+
+
+def paper_encoder(name: str, weights: str | None = None, trainable: bool = False, layer_norm: bool = False,
+                  **options) -> EncoderTokens:
+    """A paper-size encoder by Table 5 label ("SigLIP", "VQGAN", "VAE", "MAR") or registry name; `weights` and
+    `options` go to `create_encoder` (weights="random" builds it without downloading)."""
+    return EncoderTokens(create_encoder(PAPER_ENCODERS.get(name, name), weights, **options), trainable, layer_norm)
 
 
 def paper_harmon(setup: ModelConfig, image_size: int, encoder: str | None = None, trainable: bool = False,
-                 weights: bool = True) -> Harmon:
+                 weights: bool = True, layer_norm: bool = False, blind: bool = False) -> Harmon:
     """Harmon of `setup.architecture` from its released parts (`weights=False`: the architecture only, random,
-    with a placeholder tokenizer), with `encoder` (a registry name) plugged for understanding when given."""
+    with a placeholder tokenizer), with `encoder` (a registry name) plugged for understanding when given (its
+    tokens layer-normalised when `layer_norm`; zeros of its token shape when `blind`)."""
     if weights:
         model = build_model(setup, image_size)
     else:
         model = Harmon(paper_harmon_config(setup.architecture, image_size), build_tiny_tokenizer(TINY_CORPUS))
     if encoder is not None:
-        plug_encoder(model, paper_encoder(encoder, weights=None if weights else "random", trainable=trainable))
+        tokens = paper_encoder(encoder, weights=None if weights else "random", trainable=trainable,
+                               layer_norm=layer_norm)
+        plug_encoder(model, BlindTokens(tokens) if blind else tokens)
     return model.train()
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """Short hash of every tensor of `model`'s state (names, shapes and values)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(f"{name}{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]

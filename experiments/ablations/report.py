@@ -1,5 +1,5 @@
 """Reports of the ablations: Table 5 (encoder choice) beside the paper's numbers, Figure 6 (single-task vs unified
-training, shared vs decoupled encoders) as curves, and a plain verdict on whether the synergy shows.
+training, shared vs decoupled encoders) as curves, and the verdicts of `figure6_claims` in plain words.
 
 Figure 6 curves: {run: {"step": [...], "understanding": [...], "generation": [...]}} for runs "und-only",
 "gen-only", "unified" (shared MAR encoder) and "decoupled" (SigLIP for understanding, MAR for generation). A series
@@ -18,21 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from experiments.ablations.paired import describe
+from experiments.paper import PAPER_NOTE, PAPER_TABLE5, TABLE5_COLUMNS
 from probe.plots import save_figure
 
-TABLE5_COLUMNS = ("Acc", "POPE", "MME-P", "MME-C", "MMB", "SEED", "GQA", "MMMU")
-PAPER_TABLE5: dict[str, dict[str, float]] = {  # Harmon paper, Table 5 ('Acc': ImageNet top-5 linear probing)
-    "SigLIP": {"Acc": 95.9, "POPE": 85.1, "MME-P": 1203, "MME-C": 258, "MMB": 61.1, "SEED": 63.2, "GQA": 56.1,
-               "MMMU": 35.2},
-    "VQGAN": {"Acc": 18.2, "POPE": 57.2, "MME-P": 67.3, "MME-C": 21.8, "MMB": 37.3, "SEED": 38.3, "GQA": 38.0,
-              "MMMU": 27.7},
-    "VAE": {"Acc": 18.5, "POPE": 63.8, "MME-P": 732, "MME-C": 223, "MMB": 44.9, "SEED": 42.5, "GQA": 40.2,
-            "MMMU": 30.3},
-    "MAR": {"Acc": 83.1, "POPE": 86.1, "MME-P": 1123, "MME-C": 262, "MMB": 60.1, "SEED": 62.2, "GQA": 55.7,
-            "MMMU": 33.3},
-}
-PAPER_NOTE = ("VQGAN's MME-P 67.3 and MME-C 21.8 are as printed in the paper; both lie below what always answering "
-              "'yes' scores (500 and 200: acc 50 and acc+ 0 per category), so they are probably 673 and 218.")
 RUNS = {"und-only": "understanding only", "gen-only": "generation only", "unified": "unified (shared MAR)",
         "decoupled": "decoupled (SigLIP und. + MAR gen.)"}
 RUN_COLORS = {"und-only": "tab:blue", "gen-only": "tab:green", "unified": "tab:orange", "decoupled": "tab:purple"}
@@ -182,98 +171,33 @@ def _standard_error(values: np.ndarray) -> np.ndarray:
     return values.std(0, ddof=1) / math.sqrt(len(values))
 
 
-def final_score(curves: Mapping[str, Mapping[str, Sequence]], run: str, metric: str,
-                last: int = 1) -> dict[str, float] | None:
-    """Mean over the last `last` evaluations, averaged over seeds, its standard error over seeds and the final step."""
-    series = _series(curves, run, metric)
-    if series is None:
-        return None
-    steps, values = series
-    per_seed = values[:, -last:].mean(1)
-    return {"value": float(per_seed.mean()), "se": float(_standard_error(per_seed[:, None])[0]),
-            "step": float(steps[-1]), "seeds": len(per_seed)}
-
-
-def compare(curves: Mapping[str, Mapping[str, Sequence]], run: str, baseline: str, metric: str, tolerance: float,
-            last: int = 1) -> dict[str, Any] | None:
-    """`run` minus `baseline` at the end of training; differences within `noise` = max(tolerance, 2 combined
-    standard errors) count as no difference."""
-    a, b = final_score(curves, run, metric, last), final_score(curves, baseline, metric, last)
-    if a is None or b is None:
-        return None
-    diff = a["value"] - b["value"]
-    noise = max(tolerance, 2 * math.hypot(a["se"], b["se"]))
-    return {"run": run, "baseline": baseline, "metric": metric, "value": a["value"], "baseline_value": b["value"],
-            "diff": diff, "noise": noise, "within_noise": abs(diff) <= noise, "steps": (a["step"], b["step"])}
-
-
-def synergy_verdicts(curves: Mapping[str, Mapping[str, Sequence]], tolerance: float = 0.02,
-                     last: int = 1) -> dict[str, Any]:
-    """The three claims of Figure 6 as booleans (None when a run is missing), with the comparisons behind them.
-
-    understanding_kept: unified is not below und-only on understanding; generation_gain: unified is above
-    gen-only on generation; gain_disappears_decoupled: with that gain present, decoupled is not above gen-only.
-    """
-    kept = compare(curves, "unified", "und-only", "understanding", tolerance, last)
-    gain = compare(curves, "unified", "gen-only", "generation", tolerance, last)
-    decoupled = compare(curves, "decoupled", "gen-only", "generation", tolerance, last)
-    verdicts = {
-        "understanding_kept": None if kept is None else kept["diff"] >= -kept["noise"],
-        "generation_gain": None if gain is None else gain["diff"] > gain["noise"],
-        "gain_disappears_decoupled": None if gain is None or decoupled is None else
-        gain["diff"] > gain["noise"] and decoupled["diff"] <= decoupled["noise"],
-    }
-    return {**verdicts, "synergy_shows": all(v is True for v in verdicts.values()),
-            "comparisons": {"understanding_kept": kept, "generation_gain": gain, "decoupled_gain": decoupled,
-                            "shared_vs_decoupled_generation": compare(curves, "unified", "decoupled", "generation",
-                                                                      tolerance, last),
-                            "shared_vs_decoupled_understanding": compare(curves, "unified", "decoupled",
-                                                                         "understanding", tolerance, last)},
-            "tolerance": tolerance, "last": last}
-
-
-def _numbers(c: Mapping[str, Any]) -> str:
-    steps = "" if c["steps"][0] == c["steps"][1] else (f"; final steps differ: {c['steps'][0]:g} vs "
-                                                        f"{c['steps'][1]:g}")
-    return (f"{c['run']} {c['value']:.3f} vs {c['baseline']} {c['baseline_value']:.3f} (difference "
-            f"{c['diff']:+.3f}, noise ±{c['noise']:.3f}{steps})")
-
-
-def synergy_report(curves: Mapping[str, Mapping[str, Sequence]], tolerance: float = 0.02, last: int = 1) -> str:
-    """Markdown stating, with numbers, whether each claim of Figure 6 and the synergy as a whole show here."""
-    v = synergy_verdicts(curves, tolerance, last)
-    c = v["comparisons"]
+def synergy_report(claims: Mapping[str, Any], last: int = 1, level: float = 0.95) -> str:
+    """Markdown stating, with paired intervals, whether each claim of Figure 6 and the synergy hold here."""
+    c = claims["comparisons"]
     at_end = "the final evaluation" if last == 1 else f"the mean of the last {last} evaluations"
     lines = ["## Does the synergy of Figure 6 show at this scale?", "",
-             f"Scores at {at_end} of each run, averaged over seeds; a difference counts only beyond the noise "
-             f"(the larger of the tolerance {tolerance:g} and two standard errors over seeds).", ""]
-
-    def claim(title: str, key: str, comparison: Mapping[str, Any] | None, yes: str, no: str) -> None:
-        if comparison is None or v[key] is None:
-            lines.append(f"- {title}: **not measured** (a run or series is missing).")
+             f"Each item (held-out question or generation prompt, shared by every run, the prompts sampled with the "
+             f"same seeds) is scored at {at_end} of its run. Differences are paired on those items: per seed a "
+             f"paired bootstrap, across seeds a Student-t interval of the per-seed differences ({100 * level:g}%), "
+             "so the noise is training-seed variance; with one seed the bootstrap interval is used (exploratory). "
+             "Values are points (x 100).", ""]
+    titles = {"understanding_kept": f"(1) Unified training keeps understanding: unified - und-only above "
+                                    f"-{100 * claims['tolerance']:g} points (paper: yes)",
+              "generation_gain": "(2) Understanding supervision boosts generation: unified - gen-only > 0 "
+                                 "(paper: yes)",
+              "decoupled_loses_generation": "(3) The gain needs the shared encoder: decoupled - unified < 0 on "
+                                            "generation (paper: yes)"}
+    for key, title in titles.items():
+        entry = c[key]
+        if entry is None:
+            lines.append(f"- {title}: **not measured** (a run is missing).")
         else:
-            lines.append(f"- {title}: {_numbers(comparison)} → **{yes if v[key] else no}**.")
-
-    claim("(1) Unified training keeps understanding (paper: yes)", "understanding_kept", c["understanding_kept"],
-          "holds: unified matches or beats und-only", "does not hold: unified falls below und-only")
-    claim("(2) Understanding supervision boosts generation (paper: yes)", "generation_gain", c["generation_gain"],
-          "shows: unified beats gen-only", "does not show: no gain beyond noise")
-    if c["decoupled_gain"] is not None and v["gain_disappears_decoupled"] is not None:
-        lost = "holds: the decoupled design gains nothing beyond noise while the shared one does"
-        if not v["generation_gain"]:
-            lost = "does not show: there is no shared-encoder gain to lose"
-        elif c["decoupled_gain"]["diff"] > c["decoupled_gain"]["noise"]:
-            lost = "does not hold: the decoupled design gains too"
-        lines.append(f"- (3) The gain disappears with decoupled encoders (paper: yes): {_numbers(c['decoupled_gain'])}"
-                     f" → **{lost}**.")
-    else:
-        lines.append("- (3) The gain disappears with decoupled encoders (paper: yes): **not measured** (a run or "
-                     "series is missing).")
-    for key, what in (("shared_vs_decoupled_generation", "generation"),
-                      ("shared_vs_decoupled_understanding", "understanding")):
+            lines.append(f"- {title}: {entry['a']} - {entry['b']} = {describe(entry)} → **{entry['verdict']}**.")
+    for key, what in (("decoupled_vs_unified_understanding", "understanding, decoupled - unified"),
+                      ("decoupled_vs_gen_only_generation", "generation, decoupled - gen-only")):
         if c[key] is not None:
-            lines.append(f"- Shared vs decoupled, {what}: {_numbers(c[key])}.")
-    verdict = ("**The paper's synergy shows at this scale.**" if v["synergy_shows"] else
-               "**The paper's synergy does not show at this scale** (see the claims above that do not hold, do not "
-               "show or were not measured).")
+            lines.append(f"- For reference, {what}: {describe(c[key])}.")
+    synergy = claims["synergy"]
+    verdict = ("**The paper's synergy is not measured** (a run is missing)." if synergy is None else
+               f"**The paper's synergy at this scale: {synergy}.**")
     return "\n".join([*lines, "", verdict, ""])

@@ -22,10 +22,8 @@ from safetensors.torch import load_file as load_safetensors
 
 from experiments.ablations.config import DataSection, TrainingSection
 from experiments.ablations.evaluate import evaluating
-from experiments.ablations.mini_model import weights_digest
 from harmon.model import Harmon
 from harmon.train.batch import TASKS
-from harmon.train.checkpointing import latest_checkpoint, write_json
 from harmon.train.config import (
     RESUMABLE_CHANGES,
     DataConfig,
@@ -34,8 +32,10 @@ from harmon.train.config import (
     TrainConfig,
     config_dict,
 )
-from harmon.train.strict import ConfigError, diff
+from harmon.train.run_checkpoints import latest_checkpoint
 from harmon.train.trainer import Trainer
+from harmon.utils.files import tensor_digest, write_json
+from harmon.utils.strict_yaml import ConfigError, diff
 
 Evaluate = Callable[[Harmon, int], Mapping[str, float]]
 
@@ -152,7 +152,7 @@ def train_or_reuse(config: TrainConfig, build: Callable[[], Harmon], evaluate: E
     """Train the run of `config` (the model from `build()`), or reuse / resume what its folder holds."""
     run_dir = Path(config.out_dir)
     model = build()
-    _check_start(run_dir, config, weights_digest(model))
+    _check_start(run_dir, config, tensor_digest(model.state_dict()))
     points = evaluation_points(config.steps, eval_every)
     checkpoint = latest_checkpoint(run_dir)
     at = int(checkpoint.name.removeprefix("iter_")) if checkpoint is not None else 0

@@ -1,8 +1,9 @@
 """The evaluation hooks the ablation runs hand to the trainer, and the benchmark paths of the paper presets.
 
-Every hook returns flat floats (one evaluations.jsonl row): ShapesWorld QA gives `understanding` (accuracy),
-`qa_<kind>` and the POPE-style `pope_f1` / `pope_accuracy` of its existence questions; generation gives
-`generation` (GenEval-style overall) and `gen_<category>`; the public benchmarks give `pope` (F1 x 100),
+Every hook returns one evaluations.jsonl row: ShapesWorld QA gives `understanding` (accuracy), `qa_<kind>`, the
+POPE-style `pope_f1` / `pope_accuracy` / `pope_yes_ratio` of its existence questions and `qa_correct` (each held-out
+item's 0/1 correctness, in item order); generation gives `generation` (GenEval-style overall), `gen_<category>` and
+`gen_correct` (each prompt's 0/1 score, in prompt order); the public benchmarks give `pope` (F1 x 100),
 `mme_p`, `mme_c`, `gqa` (x 100) and `understanding`, the mean of those given on a 0-1 scale (MME-P / 2000).
 """
 
@@ -23,7 +24,7 @@ from experiments.ablations.evaluate import (
 )
 from harmon.model import Harmon
 from harmon.shapesworld import ShapesWorldConfig
-from harmon.train.strict import ConfigError
+from harmon.utils.strict_yaml import ConfigError
 
 MME_PERCEPTION_MAX = 2000.0  # ten perception categories of at most 200 points
 
@@ -51,12 +52,13 @@ class QAScorer:
 
     def __init__(self, config: QAEval, world: ShapesWorldConfig, image_size: int):
         self.config, self.image_size = config, image_size
-        self.items = qa_eval_set(world, config.seed, config.items, config.kinds)
+        self.items = qa_eval_set(world, config.seed, config.items, config.kinds, config.negatives)
 
-    def __call__(self, model: Harmon, iteration: int) -> dict[str, float]:
+    def __call__(self, model: Harmon, iteration: int) -> dict[str, Any]:
         result = evaluate_understanding(model, self.items, batch_size=self.config.batch_size,
                                         image_size=self.image_size, max_new_tokens=self.config.max_new_tokens)
-        row = {"understanding": result["accuracy"], **{f"qa_{k}": v for k, v in result["per_kind"].items()}}
+        row = {"understanding": result["accuracy"], **{f"qa_{k}": v for k, v in result["per_kind"].items()},
+               "qa_correct": result["correct"]}
         if result["pope"] is not None:
             row |= {"pope_f1": result["pope"]["f1"], "pope_accuracy": result["pope"]["accuracy"],
                     "pope_yes_ratio": result["pope"]["yes_ratio"]}
@@ -71,13 +73,14 @@ class GenerationScorer:
         self.config, self.image_size, self.last, self.samples = config, image_size, last, samples
         self.prompts = generation_prompts(config.per_category, config.seed, world, config.categories)
 
-    def __call__(self, model: Harmon, iteration: int) -> dict[str, float]:
+    def __call__(self, model: Harmon, iteration: int) -> dict[str, Any]:
         c = self.config
         keep = self.samples / f"iter_{iteration:08d}" if self.samples is not None and iteration == self.last else None
         result = evaluate_generation(model, self.prompts, steps=c.steps, cfg=c.cfg, seed=c.sample_seed,
                                      image_size=self.image_size, batch_size=c.batch_size, temperature=c.temperature,
                                      out_dir=keep)
-        return {"generation": result["overall"], **{f"gen_{k}": v for k, v in result["per_category"].items()}}
+        return {"generation": result["overall"], **{f"gen_{k}": v for k, v in result["per_category"].items()},
+                "gen_correct": result["correct"]}
 
 
 @dataclass(frozen=True)
@@ -135,8 +138,8 @@ class BenchmarkScorer:
 
 def combine(*scorers: Any) -> Any:
     """One hook running each scorer and merging their rows."""
-    def evaluate(model: Harmon, iteration: int) -> dict[str, float]:
-        row: dict[str, float] = {}
+    def evaluate(model: Harmon, iteration: int) -> dict[str, Any]:
+        row: dict[str, Any] = {}
         for scorer in scorers:
             row |= scorer(model, iteration)
         return row

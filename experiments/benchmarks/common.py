@@ -9,6 +9,8 @@ from contextlib import contextmanager
 
 import torch
 
+from harmon.utils.runtime import resolve_device
+
 
 def add_device_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
@@ -20,8 +22,7 @@ def device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, torch.dtyp
     """Apply --threads and resolve --device/--dtype."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(
         args.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
     return device, dtype

@@ -24,7 +24,8 @@ from rich.table import Table
 from torch import nn
 
 from encoders.base import Encoder, Preprocess
-from probe.features import extract_features
+from probe.feature_cache import CachePlan
+from probe.features import ExtractOptions, extract_features
 
 
 class SmallViT(Encoder):
@@ -124,8 +125,9 @@ def pipeline(encoder: Encoder, dataset: SyntheticImages, workers: int, args: arg
     """Seconds for extract_features into a fresh cache (key, allocation, loading, writes, checkpoints)."""
     with tempfile.TemporaryDirectory() as root:
         start = time.perf_counter()
-        extract_features(encoder, dataset, root, "bench", batch_size=args.batch_size, num_workers=workers,
-                         device=args.device, progress=False)
+        extract_features(encoder, dataset, CachePlan(root, "bench"),
+                         ExtractOptions(batch_size=args.batch_size, num_workers=workers, device=args.device,
+                                        progress=False))
         return time.perf_counter() - start
 
 
@@ -135,8 +137,8 @@ def peak_rss(count: int, batch_size: int, workers: int, queue: multiprocessing.Q
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as root:
         start = time.perf_counter()
-        extract_features(CellProjection(), SyntheticImages(count), root, "bench", batch_size=batch_size,
-                         num_workers=workers, device="cpu", progress=False)
+        extract_features(CellProjection(), SyntheticImages(count), CachePlan(root, "bench"),
+                         ExtractOptions(batch_size=batch_size, num_workers=workers, device="cpu", progress=False))
         seconds = time.perf_counter() - start
     queue.put({"images": count, "seconds": seconds,
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

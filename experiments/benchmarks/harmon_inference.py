@@ -21,9 +21,10 @@ from rich.table import Table
 
 from experiments.benchmarks.common import SplitTimer, add_device_options, device_and_dtype
 from harmon.generation import generate_images
-from harmon.harmon_checkpoint import TINY_CORPUS, paper_harmon_config, tiny_harmon
+from harmon.harmon_loading import paper_harmon_config
 from harmon.model import Harmon
 from harmon.prompts import preprocess_image
+from harmon.tiny import TINY_CORPUS, tiny_harmon
 from harmon.tokenizer import build_tiny_tokenizer
 from harmon.understanding import build_understanding_inputs, generate_ids
 

@@ -33,8 +33,9 @@ from rich.console import Console
 from rich.table import Table
 
 from experiments.benchmarks.common import SplitTimer, add_device_options, device_and_dtype
-from harmon.harmon_checkpoint import TINY_CORPUS, paper_harmon_config
+from harmon.harmon_loading import paper_harmon_config
 from harmon.model import Harmon
+from harmon.tiny import TINY_CORPUS
 from harmon.tokenizer import build_tiny_tokenizer
 from harmon.train.batch import Batch, Shard
 from harmon.train.build import build_model
@@ -42,8 +43,8 @@ from harmon.train.config import TrainConfig, load_config, with_changes
 from harmon.train.data import MixedStream
 from harmon.train.objectives import TrainingModel, enable_gradient_checkpointing, target_token_count
 from harmon.train.sources import build_sources
-from harmon.train.strict import ConfigError
 from harmon.train.trainer import Trainer, build_optimizer, iteration_generator, lr_factor, set_trainable
+from harmon.utils.strict_yaml import ConfigError
 
 PRESETS = {"tiny": "tiny-shapesworld", "harmon-0.5b": "harmon-0.5b-stage1"}
 DEFAULT_IMAGE_SIZE = {"tiny": 64, "harmon-0.5b": 256}

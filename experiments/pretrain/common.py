@@ -3,9 +3,7 @@ result under a hash of its configuration so that the same configuration is loade
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -19,6 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from harmon.checkpoints import load_file, save_safetensors
+from harmon.utils.files import short_hash, tensor_digest, write_json
+from harmon.utils.schedules import warmup_cosine
 
 FORMAT_VERSION = 1
 
@@ -50,7 +50,7 @@ class Pretrained:
 def config_hash(parts: Mapping[str, Any]) -> str:
     """Short hash of a JSON-serialisable configuration."""
     text = json.dumps({"format": FORMAT_VERSION, **parts}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return short_hash(text)
 
 
 def run_folder(root: str | os.PathLike, family: str, key: str) -> Path:
@@ -59,12 +59,8 @@ def run_folder(root: str | os.PathLike, family: str, key: str) -> Path:
 
 def weights_digest(modules: Mapping[str, nn.Module]) -> str:
     """Hash of every parameter and buffer of `modules`."""
-    digest = hashlib.sha256()
-    for prefix, module in sorted(modules.items()):
-        for name, tensor in sorted(module.state_dict().items()):
-            digest.update(f"{prefix}.{name}".encode())
-            digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return tensor_digest({f"{prefix}.{name}": tensor for prefix, module in modules.items()
+                          for name, tensor in module.state_dict().items()})
 
 
 def load_saved(folder: Path, key: str, modules: Mapping[str, nn.Module]) -> dict[str, Any] | None:
@@ -91,9 +87,7 @@ def save_run(folder: Path, modules: Mapping[str, nn.Module], record: dict[str, A
              for prefix, module in modules.items() for name, value in module.state_dict().items()}
     save_safetensors(state, folder / "model.safetensors", metadata={"config_hash": record["config_hash"]})
     record = {**record, "weights_digest": weights_digest(modules)}
-    tmp = folder / ".record.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, folder / "record.json")
+    write_json(folder / "record.json", record)
     return record
 
 
@@ -120,13 +114,6 @@ def reuse_or_train(family: str, config: Mapping[str, Any], modules: dict[str, nn
     return Pretrained(modules, record, trained, folder)
 
 
-def scheduled_lr(step: int, config: OptimConfig) -> float:
-    if step < config.warmup:
-        return config.lr * (step + 1) / config.warmup
-    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
-    return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def train(
     parameters: Iterable[nn.Parameter],
     step_fn: Callable[[torch.Tensor], dict[str, torch.Tensor]],
@@ -146,7 +133,7 @@ def train(
         task = bar.add_task(title, total=config.steps)
         for step, batch in enumerate(batches):
             for group in optimizer.param_groups:
-                group["lr"] = scheduled_lr(step, config)
+                group["lr"] = warmup_cosine(step, config.steps, config.warmup, peak=config.lr, start=config.lr / max(1, config.warmup))
             terms = step_fn(batch)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()

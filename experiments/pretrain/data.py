@@ -9,8 +9,9 @@ language supervision (ShapesWorld captions describe the rendered scene instead).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,10 +20,12 @@ from rich.console import Console
 from rich.progress import track
 
 from encoders.base import Preprocess
-from harmon.shapesworld import ShapesWorld, ShapesWorldConfig, describe_scene
-from probe.datasets import DatasetUnavailable, fashion_mnist
+from harmon.shapesworld import ShapesWorld, ShapesWorldConfig, describe_scene, render_scene
+from harmon.shapesworld.probe_sets import SETS, ProbeSet
+from probe.datasets import fashion_mnist, fashion_mnist_dir, read_idx
 
 IMAGE_SIZE = 64
+STREAM_SEED_OFFSET = 10_000  # probe-set items of the stream never coincide with probe splits (small seeds)
 PREPROCESS = Preprocess(image_size=IMAGE_SIZE, crop="center", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
@@ -35,6 +38,7 @@ class StreamConfig:
     min_objects: int = 1
     max_objects: int = 4
     seed: int = 0
+    probe_sets: bool = False  # draw ShapesWorld images from the probe sets' distribution (large objects, nuisances)
 
 
 @dataclass
@@ -63,20 +67,25 @@ def resized(image: Image.Image) -> np.ndarray:
 
 
 def shapes_images(count: int, config: StreamConfig, console: Console | None = None) -> tuple[list[np.ndarray], list[str]]:
-    """`count` ShapesWorld scenes (1-4 objects) and a true caption of each."""
+    """`count` ShapesWorld scenes and a true caption of each: 1-4 objects of the named sizes, or with
+    `config.probe_sets` items of the probe sets in turn (single, pair, count), drawn with a seed of their own."""
     world = ShapesWorld(ShapesWorldConfig(image_size=IMAGE_SIZE, min_objects=config.min_objects,
                                           max_objects=config.max_objects), seed=config.seed)
+    sets = [ProbeSet(name, IMAGE_SIZE) for name in SETS]
     images, captions = [], []
     for index in track(range(count), description="rendering ShapesWorld for pretraining", console=console):
-        item = world[index]
-        images.append(np.asarray(item.image.convert("RGB")).transpose(2, 0, 1).copy())
-        captions.append(describe_scene(item.scene, world.rng(index, "caption")).text)
+        if config.probe_sets:
+            scene, _ = sets[index % len(sets)].scene(STREAM_SEED_OFFSET + config.seed, index // len(sets))
+        else:
+            scene = world.scene(index)
+        images.append(np.asarray(render_scene(scene).image.convert("RGB")).transpose(2, 0, 1).copy())
+        captions.append(describe_scene(scene, world.rng(index, "caption")).text)
     return images, captions
 
 
 def fashion_images(count: int, seed: int, console: Console | None = None) -> tuple[list[np.ndarray], list[str]]:
     """`count` random Fashion-MNIST training images, resized to 64 px RGB, captioned from their labels."""
-    data = fashion_mnist("train")
+    data = fashion_mnist("train", download=False)
     rng = np.random.default_rng([seed, 1])
     chosen = np.sort(rng.choice(len(data), size=min(count, len(data)), replace=False))
     images, captions = [], []
@@ -87,19 +96,36 @@ def fashion_images(count: int, seed: int, console: Console | None = None) -> tup
     return images, captions
 
 
+def stream_sources(config: StreamConfig) -> dict[str, int]:
+    """How many images of each source `load_stream(config)` holds on this machine, without building it: the
+    identity of anything trained on the stream (Fashion-MNIST counts only where a copy is installed)."""
+    directory = fashion_mnist_dir() if config.fashion > 0 else None
+    available = 0
+    if directory is not None:
+        labels = next(directory / name for name in ("train-labels-idx1-ubyte", "train-labels-idx1-ubyte.gz")
+                      if (directory / name).is_file())
+        available = len(read_idx(labels))
+    return {"shapesworld": config.shapes, "fashion-mnist": min(config.fashion, available)}
+
+
+def identity(config: Any) -> dict[str, Any]:
+    """The cache identity of a pretraining config with a `data: StreamConfig`: its fields and the stream's
+    actual sources here, so that an encoder pretrained without Fashion-MNIST is not reused once it is installed."""
+    return {**asdict(config), "sources": stream_sources(config.data)}
+
+
 def load_stream(config: StreamConfig, console: Console | None = None) -> ImageStream:
-    """Build the stream (deterministic for `config.seed`); without Fashion-MNIST it holds ShapesWorld only."""
+    """Build the stream (deterministic for `config.seed`); without an installed Fashion-MNIST it holds ShapesWorld
+    only (nothing is downloaded)."""
     if config.shapes < 1:
         raise ValueError(f"StreamConfig.shapes={config.shapes}; the stream needs at least one ShapesWorld image")
     images, captions = shapes_images(config.shapes, config, console)
     sources = ["shapesworld"] * len(images)
     if config.fashion > 0:
-        try:
-            more, texts = fashion_images(config.fashion, config.seed, console)
-        except DatasetUnavailable as error:
-            (console or Console()).print(f"[yellow]Fashion-MNIST is not available, pretraining on ShapesWorld "
-                                         f"only[/]: {error}")
+        if fashion_mnist_dir() is None:
+            (console or Console()).print("[yellow]Fashion-MNIST is not installed, pretraining on ShapesWorld only[/]")
         else:
+            more, texts = fashion_images(config.fashion, config.seed, console)
             images, captions = images + more, captions + texts
             sources += ["fashion-mnist"] * len(more)
     return ImageStream(torch.from_numpy(np.stack(images)), captions, sources)
@@ -119,6 +145,15 @@ def batches(size: int, batch_size: int, steps: int, seed: int) -> Iterator[torch
 
 
 @lru_cache(maxsize=1)
+def _stream_for(config: StreamConfig, sources: tuple[tuple[str, int], ...], console: Console | None) -> ImageStream:
+    stream = load_stream(config, console)
+    if tuple(sorted({**dict.fromkeys(dict(sources), 0), **stream.counts()}.items())) != tuple(sorted(sources)):
+        raise RuntimeError(f"the pretraining stream holds {stream.counts()} images, not the {dict(sources)} its "
+                           "identity promised; check the Fashion-MNIST files (FASHION_MNIST_DIR) and rerun")
+    return stream
+
+
 def cached_stream(config: StreamConfig, console: Console | None = None) -> ImageStream:
-    """`load_stream(config)`, built once per process and shared by the pretrainings that need it."""
-    return load_stream(config, console)
+    """`load_stream(config)`, built once per process (per set of available sources) and shared by the
+    pretrainings that need it."""
+    return _stream_for(config, tuple(sorted(stream_sources(config).items())), console)

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import track
 
 from experiments.pretrain.common import OptimConfig, Pretrained, reuse_or_train, summary, train
-from experiments.pretrain.data import PREPROCESS, ImageStream, StreamConfig, batches, cached_stream
+from experiments.pretrain.data import PREPROCESS, ImageStream, StreamConfig, batches, cached_stream, identity
 from harmon.mar import MAR, MARConfig
 
 
@@ -85,5 +85,5 @@ def pretrain_mar(config: TinyMARConfig, vae: Pretrained, root: str | os.PathLike
                 "parameters": sum(p.numel() for p in model.parameters()), "seconds": seconds,
                 "losses": summary(curves), "curves": curves}
 
-    parts = {"config": asdict(config), "vae": vae.record["config_hash"], "vae_weights": vae.record["weights_digest"]}
+    parts = {"config": identity(config), "vae": vae.record["config_hash"], "vae_weights": vae.record["weights_digest"]}
     return reuse_or_train("mar", parts, {"mar": model}, root, fit)

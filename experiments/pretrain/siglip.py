@@ -21,7 +21,7 @@ from rich.console import Console
 from torch import nn
 
 from experiments.pretrain.common import OptimConfig, Pretrained, reuse_or_train, saved_record, summary, train
-from experiments.pretrain.data import PREPROCESS, StreamConfig, batches, cached_stream
+from experiments.pretrain.data import PREPROCESS, StreamConfig, batches, cached_stream, identity
 
 TIMM_DEFINITION = "vit_base_patch16_siglip_256"
 SPECIALS = ("<pad>", "<unk>")
@@ -112,7 +112,7 @@ def pretrain_siglip(config: TinySigLIPConfig, root: str | os.PathLike, console: 
 
     Modules: "image" (the encoder to probe), "text" and "loss" (temperature and bias).
     """
-    record = saved_record("siglip", asdict(config), root)
+    record = saved_record("siglip", identity(config), root)
     vocabulary = record["vocabulary"] if record else build_vocabulary(cached_stream(config.data, console).captions)
     torch.manual_seed(config.optim.seed)
     image = build_image_tower(config)
@@ -140,4 +140,4 @@ def pretrain_siglip(config: TinySigLIPConfig, root: str | os.PathLike, console: 
                 "stream": stream.counts(), "parameters": sum(p.numel() for p in image.parameters()),
                 "seconds": seconds, "losses": summary(curves), "curves": curves}
 
-    return reuse_or_train("siglip", asdict(config), {"image": image, "text": text, "loss": loss}, root, fit)
+    return reuse_or_train("siglip", identity(config), {"image": image, "text": text, "loss": loss}, root, fit)

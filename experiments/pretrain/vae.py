@@ -13,7 +13,7 @@ from diffusers import AutoencoderKL
 from rich.console import Console
 
 from experiments.pretrain.common import OptimConfig, Pretrained, reuse_or_train, summary, train
-from experiments.pretrain.data import PREPROCESS, StreamConfig, batches, cached_stream
+from experiments.pretrain.data import PREPROCESS, StreamConfig, batches, cached_stream, identity
 
 
 @dataclass(frozen=True)
@@ -66,4 +66,4 @@ def pretrain_vae(config: TinyVAEConfig, root: str | os.PathLike, console: Consol
                 "stream": stream.counts(), "parameters": sum(p.numel() for p in vae.parameters()),
                 "seconds": seconds, "losses": summary(curves), "curves": curves}
 
-    return reuse_or_train("vae", asdict(config), {"vae": vae}, root, fit)
+    return reuse_or_train("vae", identity(config), {"vae": vae}, root, fit)

@@ -14,7 +14,7 @@ from diffusers import VQModel
 from rich.console import Console
 
 from experiments.pretrain.common import OptimConfig, Pretrained, reuse_or_train, summary, train
-from experiments.pretrain.data import PREPROCESS, StreamConfig, batches, cached_stream
+from experiments.pretrain.data import PREPROCESS, StreamConfig, batches, cached_stream, identity
 
 
 @dataclass(frozen=True)
@@ -93,4 +93,4 @@ def pretrain_vqgan(config: TinyVQConfig, root: str | os.PathLike, console: Conso
                 "stream": stream.counts(), "parameters": sum(p.numel() for p in model.parameters()),
                 "seconds": seconds, "losses": summary(curves), "curves": curves}
 
-    return reuse_or_train("vqgan", asdict(config), {"vq": model}, root, fit)
+    return reuse_or_train("vqgan", identity(config), {"vq": model}, root, fit)

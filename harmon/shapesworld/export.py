@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,28 +13,14 @@ from harmon.shapesworld.dataset import ShapesWorld
 from harmon.shapesworld.questions import questions_for_scene
 from harmon.shapesworld.render import RenderedScene
 from harmon.shapesworld.vocab import require_known
+from harmon.utils.files import atomic_write
 
 CLASS_ATTRIBUTES = ("shape", "color", "count")
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file next to `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
 def save_png(image: Image.Image, path: Path) -> None:
     """Save an image as PNG, atomically."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    write_atomically(path, buffer.getvalue())
+    atomic_write(path, lambda handle: image.save(handle, format="PNG"))
 
 
 def class_label(item: RenderedScene, attribute: str) -> str:
@@ -120,7 +103,7 @@ def export_jsonl(
         save_png(item.image, root / relative)
         lines.append(json.dumps(item_record(dataset, index, item, relative, negative_strategy)) + "\n")
     path = root / f"{split}.jsonl"
-    write_atomically(path, "".join(lines).encode())
+    atomic_write(path, "".join(lines))
     return path
 
 

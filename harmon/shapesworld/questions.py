@@ -6,6 +6,8 @@ Existence questions are POPE-style: one "yes" per distinct (colour, shape) in th
   * popular: absent pairs sharing the shape or the colour with an object in the image;
   * adversarial: the colour of one object bound to the shape of another (a swapped attribute binding).
 When a strategy runs out of candidates the next weaker one (adversarial -> popular -> random) fills in.
+Shape questions ("What shape is the <colour> object?") name a colour that occurs once and ask for the shape, so
+answering needs the binding of colour to shape, not the colour alone.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from harmon.shapesworld.sampling import RngLike, make_rng
 from harmon.shapesworld.scene import Scene, ShapesWorldConfig, is_clear_relation, relation
 from harmon.shapesworld.vocab import require_known
 
-QUESTION_KINDS = ("existence", "color", "count", "position")
+QUESTION_KINDS = ("existence", "color", "count", "position", "shape")
 NEGATIVE_STRATEGIES = ("random", "popular", "adversarial")
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 Identity = tuple[str, str]  # (shape, color)
@@ -87,6 +89,16 @@ def color_questions(scene: Scene) -> list[QAPair]:
     ]
 
 
+def shape_questions(scene: Scene) -> list[QAPair]:
+    """ "What shape is the <colour> object?" for every colour that occurs exactly once (answer: the shape)."""
+    counts = Counter(o.color for o in scene.objects)
+    return [
+        QAPair("shape", f"What shape is the {o.color} object?", o.shape)
+        for o in scene.objects
+        if counts[o.color] == 1
+    ]
+
+
 def count_questions(scene: Scene, rng: np.random.Generator, config: ShapesWorldConfig) -> list[QAPair]:
     """ "How many <shapes> are there?" for every shape present and for one absent shape (answer "0")."""
     counts = Counter(o.shape for o in scene.objects)
@@ -126,4 +138,5 @@ def questions_for_scene(
         *color_questions(scene),
         *count_questions(scene, rng, config),
         *position_questions(scene),
+        *shape_questions(scene),
     ]

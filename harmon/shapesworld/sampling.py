@@ -87,7 +87,10 @@ def sample_scene(rng_or_seed: RngLike, config: ShapesWorldConfig | None = None) 
     count = int(rng.integers(config.min_objects, config.max_objects, endpoint=True))
     shapes = [config.shapes[i] for i in rng.integers(len(config.shapes), size=count)]
     colors = [config.colors[i] for i in rng.integers(len(config.colors), size=count)]
-    radii = [SIZES[config.sizes[i]] * size for i in rng.integers(len(config.sizes), size=count)]
+    if config.radius_range is None:
+        radii = [SIZES[config.sizes[i]] * size for i in rng.integers(len(config.sizes), size=count)]
+    else:
+        radii = [float(r) * size for r in rng.uniform(*config.radius_range, size=count)]
     centers = place_centers(rng, radii, size)
     objects = [ShapeObject(s, c, p, r) for s, c, p, r in zip(shapes, colors, centers, radii, strict=True)]
     texture = None

@@ -99,7 +99,11 @@ class Scene:
 
 @dataclass(frozen=True)
 class ShapesWorldConfig:
-    """What `sample_scene` may draw: image side, object count range, vocabularies, texture, clutter."""
+    """What `sample_scene` may draw: image side, object count range, vocabularies, texture, clutter.
+
+    `radius_range` (fractions of the image side, low <= high) replaces the named sizes by a radius drawn uniformly
+    from the range, for studies that need objects spanning more tokens or a continuous size to regress.
+    """
 
     image_size: int = 64
     min_objects: int = 1
@@ -110,9 +114,15 @@ class ShapesWorldConfig:
     texture: bool = False
     clutter: bool = False
     background: tuple[int, int, int] = BACKGROUND
+    radius_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         require_image_size(self.image_size)
+        if self.radius_range is not None:
+            low, high = self.radius_range
+            if not 0 < low <= high < 0.5:
+                raise ValueError(f"radius_range={self.radius_range!r} must satisfy 0 < low <= high < 0.5 "
+                                 "(fractions of the image side)")
         if not 1 <= self.min_objects <= self.max_objects <= MAX_OBJECTS:
             raise ValueError(
                 f"object counts min_objects={self.min_objects}, max_objects={self.max_objects} are invalid; "

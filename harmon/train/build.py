@@ -8,9 +8,10 @@ import torch
 from transformers import Qwen2ForCausalLM
 
 from harmon.checkpoints import check_keys, load_file, tensors_only
-from harmon.harmon_checkpoint import NAMED_HARMON, TINY_MAR, load_harmon, tiny_harmon
+from harmon.harmon_loading import NAMED_HARMON, load_harmon
+from harmon.mar_loading import load_mar
 from harmon.model import Harmon, HarmonConfig
-from harmon.pretrained import load_mar
+from harmon.tiny import TINY_MAR, tiny_harmon
 from harmon.tokenizer import load_tokenizer
 from harmon.train.config import ModelConfig
 from harmon.vae import load_kl16

@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from harmon.shapesworld import ShapesWorldConfig
 from harmon.train.batch import TASKS
-from harmon.train.strict import ConfigError, from_dict, read_yaml, set_override, to_dict
+from harmon.utils.strict_yaml import ConfigError, load_typed, to_dict
+from harmon.utils.strict_yaml import list_presets as presets_in
 
 PRESETS = Path(__file__).parent / "presets"
 MODULE_GROUPS = ("llm", "mar_encoder", "mar_decoder", "proj_in", "proj_out", "understanding")
@@ -172,19 +173,11 @@ RESUMABLE_CHANGES = ("out_dir", "save_every", "keep_last", "log_every", "data.nu
 
 def load_config(source: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """A TrainConfig from a preset name (`harmon-0.5b-stage1`, ...) or a YAML path, with `key.sub=value` overrides."""
-    path = Path(source)
-    if path.suffix not in (".yaml", ".yml") and not path.exists():
-        path = PRESETS / f"{source}.yaml"
-        if not path.is_file():
-            raise ConfigError(f"{source!r} is neither a YAML file nor a preset; presets: {', '.join(list_presets())}")
-    data = read_yaml(path)
-    for assignment in overrides:
-        set_override(data, assignment)
-    return from_dict(TrainConfig, data)
+    return load_typed(TrainConfig, source, PRESETS, overrides=overrides)
 
 
 def list_presets() -> list[str]:
-    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
+    return presets_in(PRESETS)
 
 
 def config_dict(config: TrainConfig) -> dict[str, Any]:

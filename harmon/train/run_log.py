@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 from typing import Any
+
+from harmon.utils.files import atomic_write
 
 COLUMNS = ("iteration", "update", "task", "loss", "grad_norm", "samples_per_s", "elapsed_s")
 
@@ -21,12 +24,11 @@ class RunLog:
                 kept = [r for r in csv.DictReader(f) if int(r["iteration"]) < resume_from]
         else:
             kept = []
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns)
-            writer.writeheader()
-            writer.writerows(kept)
-        os.replace(tmp, self.path)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=self.columns)
+        writer.writeheader()
+        writer.writerows(kept)
+        atomic_write(self.path, text.getvalue())
         self.file = self.path.open("a", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=self.columns)
         self.board = _tensorboard(run_dir)

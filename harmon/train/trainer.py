@@ -38,14 +38,6 @@ from harmon.checkpoints import save_safetensors
 from harmon.model import Harmon
 from harmon.train.batch import TASKS, Shard
 from harmon.train.build import build_model
-from harmon.train.checkpointing import (
-    latest_checkpoint,
-    load_part,
-    restore_rng,
-    rng_state,
-    save_checkpoint,
-    write_json,
-)
 from harmon.train.config import RESUMABLE_CHANGES, TrainConfig, config_dict
 from harmon.train.data import MixedStream, batches
 from harmon.train.objectives import (
@@ -55,9 +47,19 @@ from harmon.train.objectives import (
     no_weight_decay,
     target_token_count,
 )
+from harmon.train.run_checkpoints import (
+    latest_checkpoint,
+    load_latest,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
 from harmon.train.run_log import RunLog
 from harmon.train.sources import build_sources
-from harmon.train.strict import ConfigError, diff
+from harmon.utils.files import output_dir, write_json
+from harmon.utils.runtime import world_size
+from harmon.utils.schedules import warmup_cosine
+from harmon.utils.strict_yaml import ConfigError, diff
 
 Evaluate = Callable[[Harmon, int], Mapping[str, float]]
 
@@ -82,12 +84,7 @@ def lr_factor(update: int, config: TrainConfig) -> float:
     """Multiplier of the base learning rates after `update` optimiser updates: linear warm-up, then cosine."""
     total = config.total_updates
     warmup = round(config.optim.warmup_ratio * total)
-    if update < warmup:
-        start = config.optim.warmup_start
-        return start + (1 - start) * update / warmup
-    progress = (update - warmup) / max(1, total - warmup)
-    low = config.optim.min_lr_ratio
-    return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return warmup_cosine(update, total, warmup, start=config.optim.warmup_start, floor=config.optim.min_lr_ratio)
 
 
 def iteration_generator(seed: int, iteration: int, device: torch.device) -> torch.Generator:
@@ -143,7 +140,7 @@ def _accelerator(config: TrainConfig) -> Accelerator:
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "no"
     fsdp = None
-    if config.distributed == "fsdp" and torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if config.distributed == "fsdp" and torch.cuda.is_available() and world_size() > 1:
         fsdp = FullyShardedDataParallelPlugin(
             fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
             transformer_cls_names_to_wrap=["Qwen2DecoderLayer", "Block"], state_dict_type="FULL_STATE_DICT")
@@ -172,6 +169,23 @@ def _gather_rng(accelerator: Accelerator) -> list[dict[str, Any]]:
     return gathered
 
 
+@dataclass
+class RunState:
+    """What the loop of one run works on: the prepared model and optimiser, the schedule, EMA, data and log."""
+
+    model: torch.nn.Module
+    optimizer: Any
+    scheduler: Any
+    ema: EMA | None
+    stream: MixedStream
+    shard: Shard
+    start: int
+    weights: dict[str, float]
+    log: RunLog | None
+    last_good: Path | None
+    evaluations: list[dict[str, float]] = field(default_factory=list)
+
+
 class Trainer:
     """Trains a Harmon under a TrainConfig. `model` overrides `config.model` (e.g. a Harmon with a plugged
     understanding encoder); `sources` overrides the readers built from `config.data.sources`."""
@@ -197,6 +211,10 @@ class Trainer:
         return MixedStream(self.sources, self.model.tokenizer, data.ratio, data.batch_size, shard, data.image_size,
                            data.max_length, data.caption_drop, self.config.seed)
 
+    def _elapsed(self) -> float:
+        """Seconds of training in this run folder: this invocation's plus those before the checkpoint resumed."""
+        return self._elapsed_before + time.perf_counter() - self._began
+
     def _log(self, message: str) -> None:
         if self.accelerator.is_main_process:
             self.console.print(message)
@@ -213,19 +231,22 @@ class Trainer:
             raise ConfigError(f"data.batch_size={config.data.batch_size} must be divisible by the {world} processes")
         local = config.data.batch_size // world
         shard = Shard(rank * local, local, config.data.batch_size)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        output_dir(self.run_dir, "out_dir")
         _check_resume_config(self.run_dir, config)
-        checkpoint = latest_checkpoint(self.run_dir) if resume else None
+        point = load_latest(self.run_dir, self._log, move_aside=acc.is_main_process) if resume else None
+        acc.wait_for_everyone()
+        checkpoint = None if point is None else point.folder
+        self._elapsed_before = 0.0 if point is None else float(point.state.get("elapsed_s", 0.0))
         start = 0
         harmon = self.model
         if checkpoint is not None:
-            state = load_safetensors(str(checkpoint / "model.safetensors"))
+            state = point.weights
             missing, unexpected = harmon.load_state_dict(state, strict=False)
             optional = ("vae.", "llm.lm_head.") if harmon.llm.config.tie_word_embeddings else ("vae.",)
             wrong = [k for k in missing if not k.startswith(optional)] + list(unexpected)
             if wrong:
                 raise ConfigError(f"checkpoint {checkpoint} does not fit the model: {sorted(wrong)[:10]}")
-            start = int(json.loads((checkpoint / "state.json").read_text())["iteration"])
+            start = int(point.state["iteration"])
         if config.model.grad_checkpointing:
             enable_gradient_checkpointing(harmon)
         harmon.train()
@@ -235,11 +256,11 @@ class Trainer:
         ema = EMA({n: p for params in groups.values() for n, p in params}, config.ema_decay) \
             if config.ema_decay else None
         if checkpoint is not None:
-            optimizer.load_state_dict(load_part(checkpoint, "optimizer.pt"))
-            scheduler.load_state_dict(load_part(checkpoint, "scheduler.pt"))
+            optimizer.load_state_dict(point.optimizer)
+            scheduler.load_state_dict(point.scheduler)
             if ema is not None:
-                ema.shadow = load_safetensors(str(checkpoint / "ema.safetensors"))
-            rng = load_part(checkpoint, "rng.pt")
+                ema.shadow = point.ema
+            rng = point.rng
             if len(rng) == world:
                 restore_rng(rng[rank])
             self._log(f"resuming {self.run_dir} from iteration {start} ({checkpoint.name})")
@@ -250,11 +271,10 @@ class Trainer:
         stream = self.build_stream(shard)
         log = RunLog(self.run_dir, sorted(set(lr_names)), start) if acc.is_main_process else None
         weights = {t: config.loss_weights.get(t, 1.0) for t in TASKS}
-        evaluations: list[dict[str, float]] = []
-        began = time.perf_counter()
+        run = RunState(model, optimizer, scheduler, ema, stream, shard, start, weights, log, checkpoint)
+        self._began = time.perf_counter()
         try:
-            self._loop(model, optimizer, scheduler, ema, stream, shard, start, weights, log, checkpoint,
-                       evaluate, eval_every, evaluations)
+            self._loop(run, evaluate, eval_every)
         finally:
             if log is not None:
                 log.close()
@@ -262,23 +282,22 @@ class Trainer:
         skipped = self._skipped(stream)
         if acc.is_main_process:
             write_json(self.run_dir / "summary.json", {"iterations": config.steps, "skipped_rows": skipped,
-                                                       "seconds": time.perf_counter() - began})
-        return TrainResult(self.run_dir, config.steps, final, skipped, time.perf_counter() - began, evaluations)
+                                                       "seconds": self._elapsed()})
+        return TrainResult(self.run_dir, config.steps, final, skipped, self._elapsed(),
+                           run.evaluations)
 
-    def _loop(self, model: torch.nn.Module, optimizer: Any, scheduler: Any, ema: EMA | None, stream: MixedStream,
-              shard: Shard, start: int, weights: dict[str, float], log: RunLog | None, checkpoint: Path | None,
-              evaluate: Evaluate | None, eval_every: int, evaluations: list[dict[str, float]]) -> None:
+    def _loop(self, run: RunState, evaluate: Evaluate | None, eval_every: int) -> None:
         config, acc = self.config, self.accelerator
         device = acc.device
+        model, optimizer, log, start = run.model, run.optimizer, run.log, run.start
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        last_good = checkpoint
         progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                             console=self.console, disable=not self.progress)
         tick = time.perf_counter()
         with progress:
             bar = progress.add_task(config.name, total=config.steps, completed=start, loss="-")
-            for iteration, batch in enumerate(batches(stream, start, config.steps, config.data.num_workers),
+            for iteration, batch in enumerate(batches(run.stream, start, config.steps, config.data.num_workers),
                                               start=start):
                 batch = batch.to(device)
                 generator = iteration_generator(config.seed, iteration, device)
@@ -290,42 +309,42 @@ class Trainer:
                 sync = contextlib.nullcontext() if update_now else acc.no_sync(model)
                 with sync:
                     with acc.autocast():
-                        loss = model(batch, shard, generator, token_norm)
+                        loss = model(batch, run.shard, generator, token_norm)
                     mean_loss = float(acc.reduce(loss.detach().float(), "mean"))
                     if not math.isfinite(mean_loss):
-                        where = f"; the last good checkpoint is {last_good}" if last_good else \
+                        where = f"; the last good checkpoint is {run.last_good}" if run.last_good else \
                             "; no checkpoint was written yet"
                         message = (f"non-finite {batch.task} loss ({mean_loss}) at iteration {iteration}{where}. "
                                    "Lower the learning rates or check the data, then resume from the checkpoint.")
                         if acc.is_main_process:
                             write_json(self.run_dir / "stopped.json", {"iteration": iteration, "task": batch.task,
                                                                         "loss": str(mean_loss),
-                                                                        "last_checkpoint": str(last_good)})
+                                                                        "last_checkpoint": str(run.last_good)})
                         raise TrainingStopped(message)
-                    acc.backward(loss * weights[batch.task] / config.accumulate)
+                    acc.backward(loss * run.weights[batch.task] / config.accumulate)
                 grad_norm = None
                 if update_now:
                     if config.optim.grad_clip is not None:
                         grad_norm = float(acc.clip_grad_norm_(params, config.optim.grad_clip))
                     optimizer.step()
-                    scheduler.step()
+                    run.scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
-                    if ema is not None:
-                        ema.update()
+                    if run.ema is not None:
+                        run.ema.update()
                 done = iteration + 1
                 now = time.perf_counter()
                 if log is not None and (done % config.log_every == 0 or done == config.steps):
                     lrs = {f"lr_{g['group']}": g["lr"] for g in optimizer.param_groups}
                     log.write({"iteration": iteration, "update": done // config.accumulate, "task": batch.task,
                                "loss": f"{mean_loss:.6f}", "grad_norm": "" if grad_norm is None else f"{grad_norm:.5f}",
-                               "samples_per_s": f"{shard.global_size / max(now - tick, 1e-9):.3f}",
-                               "elapsed_s": f"{now:.3f}", **lrs})
+                               "samples_per_s": f"{run.shard.global_size / max(now - tick, 1e-9):.3f}",
+                               "elapsed_s": f"{self._elapsed():.3f}", **lrs})
                 tick = now
                 progress.update(bar, completed=done, loss=f"{mean_loss:.4f}")
                 if done % config.save_every == 0 or done == config.steps:
-                    last_good = self._save(model, optimizer, scheduler, ema, done, stream)
+                    run.last_good = self._save(run, done)
                 if evaluate is not None and eval_every and (done % eval_every == 0 or done == config.steps):
-                    evaluations.append(self._evaluate(model, evaluate, done))
+                    run.evaluations.append(self._evaluate(model, evaluate, done))
 
     def _weights(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The model's state without the frozen VAE (and without lm_head when it is tied to the embeddings)."""
@@ -346,17 +365,17 @@ class Trainer:
             total.update(c)
         return dict(total)
 
-    def _save(self, model: torch.nn.Module, optimizer: Any, scheduler: Any, ema: EMA | None, done: int,
-              stream: MixedStream) -> Path:
+    def _save(self, run: RunState, done: int) -> Path:
         acc = self.accelerator
-        weights = self._weights(model)
+        weights = self._weights(run.model)
         rng = _gather_rng(acc)
-        skipped = self._skipped(stream)
+        skipped = self._skipped(run.stream)
         path = self.run_dir / "checkpoints" / f"iter_{done:08d}"
         if acc.is_main_process:
-            path = save_checkpoint(self.run_dir, done, weights, optimizer.state_dict(), scheduler.state_dict(), rng,
-                                   {"skipped_rows": skipped, "name": self.config.name},
-                                   None if ema is None else ema.shadow, self.config.keep_last)
+            path = save_checkpoint(self.run_dir, done, weights, run.optimizer.state_dict(), run.scheduler.state_dict(),
+                                   rng, {"skipped_rows": skipped, "name": self.config.name,
+                                         "elapsed_s": self._elapsed()},
+                                   None if run.ema is None else run.ema.shadow, self.config.keep_last)
         acc.wait_for_everyone()
         return path
 

@@ -1,6 +1,6 @@
-"""Exact evaluators for ShapesWorld: detector, GenEval-style scoring, QA/POPE metrics, CAM localisation."""
+"""Exact evaluators for ShapesWorld: detector, GenEval-style scoring, QA/POPE metrics (CAM localisation scores live in
+`probe.localisation`)."""
 
-from harmon.shapesworld.evaluate.cam import cam_energy_in_mask, pointing_game, resize_cam
 from harmon.shapesworld.evaluate.detect import DetectedObject, DetectorConfig, detect_objects
 from harmon.shapesworld.evaluate.geneval import (
     GenEvalResult,
@@ -18,14 +18,11 @@ __all__ = [
     "GenEvalResult",
     "GenEvalSummary",
     "PopeScores",
-    "cam_energy_in_mask",
     "classify_shape",
     "detect_objects",
     "normalize_answer",
-    "pointing_game",
     "pope_scores",
     "qa_accuracy",
-    "resize_cam",
     "score_detections",
     "score_image",
     "shape_descriptor",

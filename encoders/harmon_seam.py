@@ -1,28 +1,22 @@
 """Any `encoders.base.Encoder` as the `VisualEncoder` Harmon's understanding seam takes (Table 5's encoder swap).
 
 Harmon hands the seam pixels (B, 3, S, S) in [-1, 1]; `EncoderTokens` maps them to the encoder's own input (its
-preprocess size and normalisation) and returns its full token sequence, prefix tokens included.
+preprocess size and normalisation) and returns its full token sequence, prefix tokens included, optionally
+layer-normalised (no affine parameters) so that every encoder reaches its projector at the same scale. The width is
+read off one forward pass of a blank image, which also works on the meta device (architecture only).
+`BlindTokens` is the blind baseline of an encoder: zeros of the shape its tokens have, whatever the image.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import torch
-import torch.fx.experimental._config as fx_config
 import torch.nn.functional as F
-from rich.console import Console
 from torch import nn
 
 from encoders.base import Encoder
-from encoders.registry import create_encoder
-from experiments.figure2_mini import MiniScale, pretrain_encoders, scale_preset, wrap_encoders
 from harmon.model import Harmon
 from harmon.understanding import PluggedEncoder
 
-TABLE5_ENCODERS = ("SigLIP", "VQGAN", "VAE", "MAR")
-PAPER_ENCODERS = {"SigLIP": "siglip-b16", "VQGAN": "vqgan", "VAE": "vae-kl16", "MAR": "mar-b"}
 _MODES = {"bicubic": "bicubic", "bilinear": "bilinear", "nearest": "nearest", "box": "area"}
 
 
@@ -30,10 +24,11 @@ class EncoderTokens(nn.Module):
     """Harmon pixels in [-1, 1] -> the encoder's token sequence (B, P + N, D); `embed_dim` = D.
 
     Frozen (the default): no parameter takes gradients, the encoder stays in eval mode under `.train()` and runs
-    without autograd. `trainable=True` trains every parameter of the encoder.
+    without autograd. `trainable=True` trains every parameter of the encoder. `layer_norm=True` normalises each
+    token over its D channels (zero mean, unit variance, no affine parameters) before it leaves.
     """
 
-    def __init__(self, encoder: Encoder, trainable: bool = False):
+    def __init__(self, encoder: Encoder, trainable: bool = False, layer_norm: bool = False):
         super().__init__()
         self.encoder = encoder.requires_grad_(trainable)
         self.trainable = trainable
@@ -42,9 +37,9 @@ class EncoderTokens(nn.Module):
         reference = next(encoder.parameters(), None)
         probe = torch.zeros(1, 3, size, size, device=reference.device if reference is not None else None,
                             dtype=reference.dtype if reference is not None else None)
-        # on the meta device, boolean row selection (MAR's unmasked rows) is shaped as if every row were kept
-        with torch.no_grad(), fx_config.patch(meta_nonzero_assume_all_nonzero=probe.is_meta):
+        with torch.no_grad():
             self.embed_dim = int(encoder.forward_sequence(probe).shape[-1])
+        self.norm = nn.LayerNorm(self.embed_dim, elementwise_affine=False) if layer_norm else nn.Identity()
 
     def train(self, mode: bool = True) -> EncoderTokens:
         super().train(mode)
@@ -73,27 +68,28 @@ class EncoderTokens(nn.Module):
         if reference is not None:
             x = x.to(device=reference.device, dtype=reference.dtype)
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
-            return self.encoder.forward_sequence(x)
+            return self.norm(self.encoder.forward_sequence(x))
 
 
-def plug_encoder(model: Harmon, encoder: EncoderTokens) -> Harmon:
+class BlindTokens(nn.Module):
+    """The blind baseline of `tokens`: zeros (B, N, D) of the shape `tokens` returns, for any pixels (B, 3, S, S).
+
+    It holds no encoder and no parameters; only the shape is read off one forward pass of a blank image.
+    """
+
+    def __init__(self, tokens: EncoderTokens):
+        super().__init__()
+        size = tokens.encoder.preprocess.image_size
+        with torch.no_grad():
+            shape = tokens(torch.zeros(1, 3, size, size)).shape
+        self.count, self.embed_dim = int(shape[1]), int(shape[2])
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels.new_zeros(pixels.shape[0], self.count, self.embed_dim)
+
+
+def plug_encoder(model: Harmon, encoder: EncoderTokens | BlindTokens) -> Harmon:
     """Make `encoder` (through a fresh projector to the LLM width) Harmon's understanding encoder; returns `model`."""
     plugged = PluggedEncoder(encoder, model.config.llm.hidden_size)
     model.understanding = plugged.to(device=model.device, dtype=model.dtype)
     return model
-
-
-def tiny_encoders(scale: str | MiniScale, root: str | os.PathLike, seed: int = 0, console: Console | None = None,
-                  trainable: bool = False) -> dict[str, EncoderTokens]:
-    """The four mini-Figure-2 encoders ("SigLIP", "VQGAN", "VAE", "MAR"), pretrained under `root` or reloaded from
-    there; `scale` is a `scale_preset` name ("mini", "micro") or a `MiniScale`."""
-    preset = scale_preset(scale, seed) if isinstance(scale, str) else scale
-    pretrained, _ = pretrain_encoders(preset, Path(root), console or Console(quiet=True))
-    wrapped = wrap_encoders(pretrained)
-    return {label: EncoderTokens(wrapped[label][0], trainable) for label in TABLE5_ENCODERS}
-
-
-def paper_encoder(name: str, weights: str | None = None, trainable: bool = False, **options) -> EncoderTokens:
-    """A paper-size encoder by Table 5 label ("SigLIP", "VQGAN", "VAE", "MAR") or registry name; `weights` and
-    `options` go to `create_encoder` (weights="random" builds it without downloading)."""
-    return EncoderTokens(create_encoder(PAPER_ENCODERS.get(name, name), weights, **options), trainable)

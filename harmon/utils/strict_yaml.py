@@ -1,9 +1,11 @@
-"""Typed dataclass configs from YAML: unknown keys and wrong types are refused with the dotted key named."""
+"""Typed dataclass configs from YAML files or named presets, with `key.sub=value` overrides (`--set`): unknown
+keys and wrong types are refused with the dotted key named."""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 import types
 import typing
@@ -137,9 +139,21 @@ def set_override(data: dict[str, Any], assignment: str) -> None:
         if not isinstance(node, (dict, list)):
             raise ConfigError(f"override {assignment!r}: {where} is not inside a section")
         if i == len(parts) - 1:
-            node[part] = yaml.safe_load(text)
+            node[part] = parse_yaml(text, f"override {assignment!r}")
         else:
             node = node[part] if isinstance(part, int) else node.setdefault(part, {})
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """`yaml.safe_load(text)`; a syntax error is a one-line ConfigError naming `where`, the line and column."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f", line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(part) for part in (getattr(err, "context", None), getattr(err, "problem", None))
+                           if part) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}{at}: YAML syntax error ({problem}); fix the YAML there") from err
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -147,7 +161,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text())
+    data = parse_yaml(path.read_text(), str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
@@ -159,3 +173,31 @@ def diff(a: Any, b: Any, where: str = "") -> list[str]:
         keys = sorted(set(a) | set(b), key=str)
         return [d for k in keys for d in diff(a.get(k), b.get(k), f"{where}.{k}" if where else str(k))]
     return [] if a == b else [where or "<root>"]
+
+
+def list_presets(presets: Path, prefix: str = "") -> list[str]:
+    """The preset names in the folder `presets`: `<prefix><name>.yaml` files."""
+    return sorted(p.stem.removeprefix(prefix) for p in presets.glob(f"{prefix}*.yaml"))
+
+
+def preset_file(source: str | os.PathLike, presets: Path, prefix: str = "") -> Path:
+    """`source` itself when it is a YAML path or an existing file, else the preset `presets/<prefix><source>.yaml`."""
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        return path
+    named = presets / f"{prefix}{source}.yaml"
+    if not named.is_file():
+        known = ", ".join(list_presets(presets, prefix))
+        if prefix:
+            raise ConfigError(f"{str(source)!r} is neither a {prefix.rstrip('-')} preset ({known}) nor a YAML file")
+        raise ConfigError(f"{str(source)!r} is neither a YAML file nor a preset; presets: {known}")
+    return named
+
+
+def load_typed(cls: type[T], source: str | os.PathLike, presets: Path, prefix: str = "",
+               overrides: Sequence[str] = ()) -> T:
+    """A `cls` from a YAML path or a preset name (see `preset_file`), with `key.sub=value` overrides applied."""
+    data = read_yaml(preset_file(source, presets, prefix))
+    for assignment in overrides:
+        set_override(data, assignment)
+    return from_dict(cls, data)

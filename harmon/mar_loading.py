@@ -97,7 +97,11 @@ def load_mar(
     with warnings.catch_warnings():
         if variant:
             warnings.simplefilter("ignore")
-        inferred = infer_mar_config(state, **overrides)
+        try:
+            inferred = infer_mar_config(state, **overrides)
+        except CheckpointError as err:
+            raise CheckpointError(f"MAR checkpoint {source}: {err}; pass a MAR checkpoint (mar-base, mar-large, "
+                                  "mar-huge, or a file MAR's training wrote)") from err
     config = mar_config(variant, **overrides) if variant else inferred
     with torch.device("meta"):
         skeleton = MAR(config)

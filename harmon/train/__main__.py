@@ -1,3 +1,0 @@
-from harmon.train.launch import main
-
-main()
