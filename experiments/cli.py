@@ -113,6 +113,11 @@ app.command()(figure2)
 app.command()(encoders)
 
 
+from experiments.align_cli import align  # noqa: E402
+
+app.command()(align)
+
+
 from experiments.train_cli import train  # noqa: E402
 
 app.command()(train)

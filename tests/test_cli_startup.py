@@ -19,7 +19,7 @@ def test_every_documented_command_is_registered() -> None:
     assert EXPECTED <= set(commands())
 
 
-@pytest.mark.parametrize("command", [None, *sorted(EXPECTED)])
+@pytest.mark.parametrize("command", [None, *commands()])
 def test_help_imports_no_heavy_library(command: str | None) -> None:
     argv = ["--help"] if command is None else [command, "--help"]
     _, code, heavy, text = run_help(argv)

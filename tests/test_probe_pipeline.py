@@ -202,6 +202,9 @@ def test_killed_extraction_resumes_without_recomputing(tmp_path: Path) -> None:
 
 def extract_as_rank(rank: int, root: Path, port: int) -> None:
     """One of two real processes joined through gloo, as torchrun or accelerate launch would start them."""
+    from accelerate import PartialState
+
+    PartialState._reset_state()  # a forked child inherits the parent's single-process state; start as a new process
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     cache = extract_features(Cells(), SlowImages(), CachePlan(root / "two", "train", subset=range(192)),

@@ -9,6 +9,7 @@ pretraining learned, not what the VAE gives); the VAE's own twin is a random VAE
 from __future__ import annotations
 
 import copy
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
@@ -35,9 +36,6 @@ from experiments.pretrain.vqgan import TinyVQConfig, build_vq, pretrain_vqgan
 from experiments.pretrain.zoo import scale_preset
 from harmon.mar import MAR
 
-MICRO_MAE = dict(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2, decoder_embed_dim=32, decoder_depth=1,
-                 decoder_num_heads=2, buffer_size=4)
-
 
 @dataclass(frozen=True)
 class Recipes:
@@ -61,8 +59,7 @@ def recipes(config: Figure2Config, seed: int) -> Recipes:
     p = config.pretraining
     zoo = scale_preset(p.size, seed)
     stream = StreamConfig(shapes=p.stream_images, fashion=0, seed=seed, probe_sets=True)
-    mae = TinyMAEConfig(**MICRO_MAE) if p.size == "micro" else TinyMAEConfig()
-    mae = replace(mae, optim=replace(zoo.mar.optim))
+    mae = TinyMAEConfig(vit=zoo.mar, optim=zoo.mar.optim)  # the same ViTs and optimiser as MAR
     mar = _with(zoo.mar, p.steps["MAR"], stream, seed)
     return Recipes(
         vae=_with(zoo.vae, p.steps["VAE"], stream, seed), vqgan=_with(zoo.vqgan, p.steps["VQGAN"], stream, seed),
@@ -72,8 +69,6 @@ def recipes(config: Figure2Config, seed: int) -> Recipes:
 
 def _chain(job: str, recipe: Recipes, root: str) -> dict[str, float]:
     """Pretrain one chain in this process (one thread); returns the seconds each family took."""
-    import time
-
     torch.set_num_threads(1)
     console = Console(quiet=True)
     seconds = {}

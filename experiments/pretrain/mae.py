@@ -15,33 +15,33 @@ from torch import nn
 
 from experiments.pretrain.common import OptimConfig, Pretrained, reuse_or_train, summary, train
 from experiments.pretrain.data import PREPROCESS, StreamConfig, batches, cached_stream, identity
+from experiments.pretrain.mar import TinyMARConfig
 from harmon.mar import MAR, MARConfig, mask_from_orders
 
 
 @dataclass(frozen=True)
 class TinyMAEConfig:
-    """Sizes as `TinyMARConfig` (encoder, decoder, buffers), the pixel patch size, optimisation and data."""
+    """The ViTs of a `TinyMARConfig` (`vit`: encoder, decoder and buffer sizes; its diffusion-head fields are
+    unused), the pixel patch size, optimisation and data."""
 
+    vit: TinyMARConfig = field(default_factory=TinyMARConfig)
     patch_size: int = 8
-    encoder_embed_dim: int = 96
-    encoder_depth: int = 4
-    encoder_num_heads: int = 4
-    decoder_embed_dim: int = 64
-    decoder_depth: int = 2
-    decoder_num_heads: int = 4
-    buffer_size: int = 8
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=250, batch_size=32, lr=1e-3,
                                                                     weight_decay=0.02))
     data: StreamConfig = field(default_factory=StreamConfig)
 
+    @property
+    def decoder_embed_dim(self) -> int:
+        return self.vit.decoder_embed_dim
+
     def architecture(self) -> MARConfig:
+        v = self.vit
         return MARConfig(
             img_size=PREPROCESS.image_size, vae_stride=1, patch_size=self.patch_size, vae_embed_dim=3,
-            encoder_embed_dim=self.encoder_embed_dim, encoder_depth=self.encoder_depth,
-            encoder_num_heads=self.encoder_num_heads, decoder_embed_dim=self.decoder_embed_dim,
-            decoder_depth=self.decoder_depth, decoder_num_heads=self.decoder_num_heads, buffer_size=self.buffer_size,
-            class_num=1, label_drop_prob=1.0, attn_dropout=0.0, proj_dropout=0.0, diffloss_d=1, diffloss_w=8,
-            diffusion_batch_mul=1)
+            encoder_embed_dim=v.encoder_embed_dim, encoder_depth=v.encoder_depth, encoder_num_heads=v.encoder_num_heads,
+            decoder_embed_dim=v.decoder_embed_dim, decoder_depth=v.decoder_depth, decoder_num_heads=v.decoder_num_heads,
+            buffer_size=v.buffer_size, class_num=1, label_drop_prob=1.0, attn_dropout=v.dropout,
+            proj_dropout=v.dropout, diffloss_d=1, diffloss_w=8, diffusion_batch_mul=1)
 
 
 def build_mae(config: TinyMAEConfig) -> tuple[MAR, nn.Linear]:
