@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint mutation clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,5 +21,22 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# Mutation testing of the functions whose numbers the results depend on (config: [tool.mutmut] in pyproject.toml).
+MUTATION_TARGETS := 'harmon.utils.schedules.*' 'harmon.train.trainer.*lr_factor*' \
+	'harmon.train.trainer.*set_trainable*' 'harmon.train.trainer.*build_optimizer*' 'harmon.train.trainer.*EMA*' \
+	'harmon.train.objectives.*ScaleGrad*' 'harmon.train.objectives.*scale_grad*' 'harmon.train.objectives.*group_of*' \
+	'harmon.train.objectives.*module_groups*' 'harmon.train.objectives.*no_weight_decay*' \
+	'harmon.train.run_checkpoints.*read_checkpoint*' 'harmon.train.run_checkpoints.*load_part*' \
+	'harmon.checkpoints.*load_file*' 'harmon.checkpoints.*read_torch*' 'harmon.checkpoints.*unwrap_state*' \
+	'harmon.checkpoints.*tensors_only*' 'harmon.mar.*MaskedDecoding*' 'harmon.mar.*mask_schedule*' \
+	'harmon.shapesworld.scene.*relation*' 'encoders.base.*Encoder*pool*' 'probe.cam.*Probe*' 'probe.cam.*Pooled*' \
+	'probe.cam.*Cosine*' 'probe.cam.*compute_*'
+
+mutation: $(STAMP)
+	$(BIN)/python -m pip install --quiet 'mutmut>=3.8,<4'
+	rm -rf mutants
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2 $(MUTATION_TARGETS)
+	$(BIN)/mutmut results
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache mutants

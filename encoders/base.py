@@ -4,11 +4,15 @@ An adapter turns preprocessed pixels into a token sequence `(B, P + N, D)`: P pr
 MAR's buffers) followed by N patch tokens on a row-major `(h, w)` grid. From that sequence the base class
 derives patch tokens, the pooled vector and what Grad-CAM++ needs (target layer and a reshape transform that
 drops the prefix and uses the true grid). Preprocessing is part of the adapter and is saved with its weights.
+
+`forward_layers` returns the sequences after several blocks from one pass of the network (adapters collect
+them with forward hooks or by running their blocks); `layer_features` pools each of them. Encoders with
+`masks_tokens` (MAR) can also hide tokens from the encoder, as MAR's generation does (`forward_masked_layers`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -89,20 +93,23 @@ class Preprocess:
 class Features:
     """What an encoder returns for a batch."""
 
-    tokens: torch.Tensor  # (B, N, D) patch tokens, row-major over `grid`
+    tokens: torch.Tensor  # (B, N, D) patch tokens, row-major over `grid`; with a `mask`, only the V visible ones
     grid: tuple[int, int]  # (h, w), h * w == N
     prefix: torch.Tensor  # (B, P, D) prefix tokens (P may be 0)
     pooled: torch.Tensor  # (B, D); (B, N * D) for the "flatten" pooling
     pooling: str = field(default="mean")
+    mask: torch.Tensor | None = None  # (B, N) bool, True = hidden from the encoder; None: every token seen
 
 
 class Encoder(nn.Module):
-    """Base class of all adapters. Subclasses implement `forward_sequence`, `grid_for`, `num_layers`, `cam_layer`."""
+    """Base class of all adapters. Subclasses implement `forward_sequence`, `grid_for`, `num_layers`, `cam_layer`,
+    and override `forward_layers` to collect several blocks in one pass."""
 
     name: str = "encoder"
     num_prefix_tokens: int = 0
     poolings: tuple[str, ...] = ("mean",)
     default_pooling: str = "mean"
+    masks_tokens: bool = False  # whether `forward_masked_layers` can hide tokens from the encoder
 
     def __init__(self, preprocess: Preprocess):
         super().__init__()
@@ -133,6 +140,24 @@ class Encoder(nn.Module):
         `cam_layer()`."""
         return self.cam_layer()
 
+    def forward_layers(self, pixels: torch.Tensor, layers: Sequence[int | None]) -> list[torch.Tensor]:
+        """`forward_sequence(pixels, layer)` for each of `layers`, in order. Adapters override this to run the
+        network once and collect every requested block; this default runs it once per layer."""
+        return [self.forward_sequence(pixels, layer) for layer in layers]
+
+    def forward_masked_layers(self, pixels: torch.Tensor, layers: Sequence[int | None],
+                              mask: torch.Tensor) -> list[torch.Tensor]:
+        """Like `forward_layers`, with the patch tokens where `mask` (B, N) is True hidden from the encoder:
+        (B, P + V, D) per layer, the V visible tokens in grid order. Only encoders with `masks_tokens`."""
+        self.require_token_masks()
+        raise NotImplementedError
+
+    def require_token_masks(self) -> None:
+        """A ValueError unless this encoder can hide tokens (`masks_tokens`)."""
+        if not self.masks_tokens:
+            raise ValueError(f"encoder {self.name!r} cannot hide tokens; token masks (--mask-ratio) are for "
+                             "MAR-family encoders (mar-b, mar-l, mar-h, harmon-*-mar)")
+
     def map_pool(self, sequence: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"encoder {self.name!r} has no attention-pooling head; poolings: {self.poolings}")
 
@@ -155,14 +180,31 @@ class Encoder(nn.Module):
             return sequence[:, p:].flatten(1)
         return self.map_pool(sequence)
 
-    def forward(self, pixels: torch.Tensor, layer: int | None = None, pooling: str | None = None) -> Features:
+    def layer_features(self, pixels: torch.Tensor, layers: Sequence[int | None], pooling: str | None = None,
+                       mask: torch.Tensor | None = None) -> list[Features]:
+        """Features after each of `layers` from one pass, each pooled; `mask` (B, N) hides tokens (see
+        `forward_masked_layers`), so "mean" then averages the visible patch tokens."""
         pooling = pooling or self.default_pooling
         grid = self.grid_for(*pixels.shape[-2:])
-        sequence = self.forward_sequence(pixels, layer)
-        p = self.num_prefix_tokens
-        if sequence.shape[1] != p + grid[0] * grid[1]:
-            raise RuntimeError(f"{self.name}: {sequence.shape[1]} tokens, expected {p} prefix + {grid[0]}x{grid[1]}")
-        return Features(sequence[:, p:], grid, sequence[:, :p], self.pool(sequence, pooling), pooling)
+        cells, p = grid[0] * grid[1], self.num_prefix_tokens
+        if mask is None:
+            sequences, visible = self.forward_layers(pixels, layers), cells
+        else:
+            if tuple(mask.shape) != (len(pixels), cells):
+                raise ValueError(f"{self.name}: the token mask has shape {tuple(mask.shape)}, expected "
+                                 f"({len(pixels)}, {cells})")
+            hidden = mask.sum(dim=1)
+            if not bool((hidden == hidden[0]).all()):
+                raise ValueError(f"{self.name}: every row of a token mask must hide as many tokens as the first")
+            sequences, visible = self.forward_masked_layers(pixels, layers, mask), cells - int(hidden[0])
+        for sequence in sequences:
+            if sequence.shape[1] != p + visible:
+                raise RuntimeError(f"{self.name}: {sequence.shape[1]} tokens, expected {p} prefix + {visible} of "
+                                   f"{grid[0]}x{grid[1]}")
+        return [Features(s[:, p:], grid, s[:, :p], self.pool(s, pooling), pooling, mask) for s in sequences]
+
+    def forward(self, pixels: torch.Tensor, layer: int | None = None, pooling: str | None = None) -> Features:
+        return self.layer_features(pixels, [layer], pooling)[0]
 
     def cam_reshape(self, height: int, width: int) -> Callable[[torch.Tensor], torch.Tensor]:
         """Reshape transform for Grad-CAM++: drops the prefix tokens and lays patch tokens on the true grid."""

@@ -28,6 +28,9 @@ MmeImages = Annotated[Path | None, typer.Option(help="MME image folder, only for
 Gqa = Annotated[Path | None, typer.Option(help="GQA testdev_balanced_questions.json (or its folder).")]
 GqaImages = Annotated[Path | None, typer.Option(help="Folder of the GQA images.")]
 Progress = Annotated[bool, typer.Option(help="Show the training progress bars.")]
+Workers = Annotated[int | None, typer.Option(help="Processes training the runs of a small preset at once, one CPU "
+                                             "thread each (default: the CPU cores, at most 8). Paper presets "
+                                             "train one run at a time.")]
 Cache = Annotated[Path | None, typer.Option(help=CACHE_HELP)]
 Sets = Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)]
 Table5Preset = Annotated[str, typer.Option(help=PRESET_HELP.format(kind="table5"))]
@@ -50,7 +53,7 @@ def _run(action: Callable[[], Any]) -> Any:
 
 def _ablation(kind: str, cls: type, runner: Callable[..., Any], describe: Callable[[Any, Path], str], preset: str,
               out: Path | None, cache: Path | None, sets: list[str] | None, progress: bool,
-              benchmarks: tuple[Path | None, ...]) -> tuple[Any, Path]:
+              benchmarks: tuple[Path | None, ...], workers: int | None) -> tuple[Any, Path]:
     """The prelude of both commands: load the preset, resolve the output and tiny-encoder folders, announce the
     work and run it (one thread for small presets); returns (results, folder).
 
@@ -60,8 +63,11 @@ def _ablation(kind: str, cls: type, runner: Callable[..., Any], describe: Callab
     from experiments.ablations.scoring import BenchmarkPaths
     from harmon.checkpoints import cache_dir
     from harmon.utils.files import output_dir
+    from harmon.utils.runtime import default_workers
 
     def action() -> tuple[Any, Path]:
+        if workers is not None and workers < 1:
+            raise ValueError(f"--workers {workers}: give at least 1 (1 trains the runs one after another)")
         config = load_ablation(cls, kind, preset, sets or [])
         stem = Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset
         folder = output_dir(out or Path(f"runs/{kind}-{stem}"), "--out")
@@ -71,7 +77,9 @@ def _ablation(kind: str, cls: type, runner: Callable[..., Any], describe: Callab
             output_dir(root, "--cache")
         paths = BenchmarkPaths(*benchmarks)
         console.print(describe(config, folder))
-        return _threads(small is not None, lambda: runner(config, folder, root, paths, console, progress)), folder
+        processes = (workers or default_workers(8)) if small is not None else 1
+        return _threads(small is not None, lambda: runner(config, folder, root, paths, console, progress,
+                                                          processes)), folder
 
     return _run(action)
 
@@ -92,7 +100,7 @@ def _threads(small: bool, action: Callable[[], Any]) -> Any:
 def table5(
     preset: Table5Preset = "mini", out: Table5Out = None, cache: Cache = None, set_: Sets = None,
     pope: Pope = None, pope_images: PopeImages = None, mme: Mme = None, mme_images: MmeImages = None,
-    gqa: Gqa = None, gqa_images: GqaImages = None, progress: Progress = True,
+    gqa: Gqa = None, gqa_images: GqaImages = None, progress: Progress = True, workers: Workers = None,
 ) -> None:
     """Table 5: train Harmon for understanding with each visual encoder (SigLIP, VQGAN, VAE, MAR) and compare."""
     from experiments.ablations.config import Table5Config
@@ -103,7 +111,7 @@ def table5(
                 f"seed(s), {config.training.steps} understanding iterations each; writing {folder}/")
 
     results, folder = _ablation("table5", Table5Config, run_table5, describe, preset, out, cache, set_, progress,
-                                (pope, pope_images, mme, mme_images, gqa, gqa_images))
+                                (pope, pope_images, mme, mme_images, gqa, gqa_images), workers)
     console.print(f"Wrote [bold]{folder}/[/]: results.json, table5.csv, table5.md, table5.png/.pdf and report.md "
                   f"({results['timings']['total_s']:.0f} s)")
 
@@ -111,7 +119,7 @@ def table5(
 def figure6(
     preset: Figure6Preset = "mini", out: Figure6Out = None, cache: Cache = None, set_: Sets = None,
     pope: Pope = None, pope_images: PopeImages = None, mme: Mme = None, mme_images: MmeImages = None,
-    gqa: Gqa = None, gqa_images: GqaImages = None, progress: Progress = True,
+    gqa: Gqa = None, gqa_images: GqaImages = None, progress: Progress = True, workers: Workers = None,
 ) -> None:
     """Figure 6: und-only, gen-only, unified (shared MAR) and decoupled (SigLIP) training, evaluated on the way."""
     from experiments.ablations.config import Figure6Config
@@ -122,7 +130,7 @@ def figure6(
                 f"seed(s), {config.training.steps} iterations of each task; writing {folder}/")
 
     results, folder = _ablation("figure6", Figure6Config, run_figure6, describe, preset, out, cache, set_, progress,
-                                (pope, pope_images, mme, mme_images, gqa, gqa_images))
+                                (pope, pope_images, mme, mme_images, gqa, gqa_images), workers)
     synergy = results["verdicts"]["synergy"] or "not measured"
     console.print(f"The paper's synergy at this scale: {synergy} (see report.md). Wrote [bold]{folder}/[/]: "
                   f"curves.json, figure6.png/.pdf and report.md ({results['timings']['total_s']:.0f} s)")

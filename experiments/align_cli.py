@@ -13,10 +13,14 @@ from experiments.probe_cli import (
     Cache,
     Data,
     Device,
+    EncoderOptions,
     Encoders,
+    MaskRatios,
     Seed,
+    Weights,
     Workers,
     _run,
+    _specs,
     console,
 )
 
@@ -46,6 +50,12 @@ def align(
     metric: Annotated[list[str] | None, typer.Option("--metric", help="Metric to compute (repeatable): mutual_knn, "
                                                                       "cknna, debiased_cka, linear_cka (default: "
                                                                       "all four).")] = None,
+    weights: Weights = None,
+    encoder_options: EncoderOptions = None,
+    layers: Annotated[str | None, typer.Option(help="Score several blocks of every encoder but the reference, from "
+                                                    "one extraction pass, against the reference's final features: "
+                                                    "'all' or comma-separated indices; needs --reference.")] = None,
+    mask_ratio: MaskRatios = None,
     batch_size: BatchSize = 64,
     workers: Workers = DEFAULT_WORKERS,
     device: Device = "auto",
@@ -54,19 +64,29 @@ def align(
     out: Annotated[Path, typer.Option(help="Run folder: alignment.json, report.md, alignment-<metric>.png/.pdf.")] = Path(
         "runs/align"),
 ) -> None:
-    """Mutual k-NN, CKNNA (reference form), debiased and linear CKA between encoders' pooled val features."""
+    """Mutual k-NN, CKNNA (reference form), debiased and linear CKA between encoders' pooled val features (with
+    --layers / --mask-ratio: each layer and ratio against the reference)."""
 
     def action() -> dict[str, Any]:
-        from encoders.registry import create_encoder
         from experiments.align import run_alignment
         from probe.alignment import KNN_METRICS, METRICS, check_knn_size
-        from probe.study import EncoderSpec, ProbeStudyConfig, _extract, load_data, probe_inputs
+        from probe.conditions import Conditions
+        from probe.study import ProbeStudyConfig, _extract, load_data, probe_inputs
 
-        config = ProbeStudyConfig([EncoderSpec(name) for name in encoder], data, str(out),
+        conditions = Conditions.parse(layers, mask_ratio)
+        config = ProbeStudyConfig(_specs(encoder, weights, encoder_options), data, str(out),
                                   cache=str(cache) if cache else None, batch_size=batch_size, workers=workers,
                                   device=device, seed=seed)
         if reference is not None and reference not in encoder:
             raise ValueError(f"--reference {reference!r} is not among --encoder {encoder}; pass one of them")
+        swept = [spec for spec in config.encoders if spec.name != reference]
+        if conditions != Conditions() and (reference is None or not swept):
+            raise ValueError("--layers / --mask-ratio score encoders against --reference: pass --reference NAME and "
+                             "at least one other --encoder")
+        if conditions.mask_ratios:
+            from probe.condition_study import check_maskable
+
+            check_maskable(swept, conditions)
         metrics = tuple(metric or METRICS)
         unknown = [m for m in metrics if m not in METRICS]
         if unknown:
@@ -76,9 +96,13 @@ def align(
         count = len(study.labels("val"))
         if set(metrics) & set(KNN_METRICS):
             check_knn_size(count, k)  # before any extraction
+        if conditions != Conditions():
+            from experiments.align_conditions import align_conditions
+
+            return align_conditions(config, study, reference, swept, conditions, out, k, metrics)
         features, described = {}, {}
         for spec in config.encoders:
-            extracted = _extract(create_encoder(spec.name, spec.weights), study, config, "val")
+            extracted = _extract(spec.build(seed), study, config, "val")
             features[spec.title] = probe_inputs(extracted, "pooled")
             described[spec.title] = {"encoder": spec.name, "weights_digest": extracted.manifest["key"]["weights"],
                                      "pooling": extracted.manifest["key"]["pooling"],
@@ -88,5 +112,6 @@ def align(
         return run_alignment(features, out, k, reference, count, metrics, info=info)
 
     results = _run(action)
+    plots = "line plots" if "scores" in results else "heatmaps"
     console.print(f"Scored {len(results['encoders'])} encoders on {results['n']} images (k = {results['k']}); "
-                  f"wrote alignment.json, report.md and heatmaps to [bold]{out}/[/]")
+                  f"wrote alignment.json, report.md and {plots} to [bold]{out}/[/]")

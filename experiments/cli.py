@@ -9,7 +9,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from experiments.cli_common import HarmonApp, device_and_dtype
+from experiments.cli_common import (
+    Autocast,
+    CompileBackend,
+    CompileMode,
+    HarmonApp,
+    compiled_for_sampling,
+    device_and_dtype,
+)
 
 app = HarmonApp(
     help="harmon-toolkit: take apart the visual representations of unified multimodal models.",
@@ -73,12 +80,16 @@ def mar_sample(
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same images.")] = 0,
     device: Annotated[str, typer.Option(help="'auto', 'cpu', 'cuda' or 'cuda:N'.")] = "auto",
     dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (bf16 on GPUs).")] = "fp32",
+    compile_mode: CompileMode = "off",
+    compile_backend: CompileBackend = "inductor",
+    autocast: Autocast = False,
 ) -> None:
     """Class-conditional sampling with an official MAR checkpoint and the KL-16 VAE."""
     import torch
 
     from harmon.images import save_image_grid
     from harmon.mar_loading import load_mar
+    from harmon.utils.runtime import bf16_autocast
     from harmon.vae import decode, load_kl16
 
     try:
@@ -91,10 +102,12 @@ def mar_sample(
     if bad:
         raise typer.BadParameter(f"classes {bad} are outside 0..{model.config.class_num - 1}")
     autoencoder = load_kl16(vae).to(dev, dt)
+    model = compiled_for_sampling(model, compile_mode, compile_backend)
     label_tensor = torch.tensor(labels).repeat_interleave(per_class).to(dev)
-    latents = model.sample_tokens(len(label_tensor), num_iter=num_iter, cfg=cfg, cfg_schedule=cfg_schedule,
-                                  labels=label_tensor, temperature=temperature, seed=seed, progress=True)
-    images = decode(autoencoder, latents)
+    with bf16_autocast(dev, autocast):
+        latents = model.sample_tokens(len(label_tensor), num_iter=num_iter, cfg=cfg, cfg_schedule=cfg_schedule,
+                                      labels=label_tensor, temperature=temperature, seed=seed, progress=True)
+        images = decode(autoencoder, latents)
     save_image_grid(images.float().cpu(), out, rows=per_class, column_major=True)
     console.print(f"Wrote {len(label_tensor)} images to {out}")
 

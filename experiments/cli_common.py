@@ -1,17 +1,35 @@
-"""What the `harmon` commands share: the app that turns a bad input into one line and exit code 2, and
-`--device` / `--dtype` parsing (torch is imported on first use, so `--help` stays fast)."""
+"""What the `harmon` commands share: the app that turns a bad input into one line and exit code 2,
+`--device` / `--dtype` parsing and the sampling commands' `--compile` / `--autocast` options (torch is imported
+on first use, so `--help` stays fast)."""
 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from harmon.compile import BackendName, CompileChoice, compile_for_sampling
+
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
 ALL_DTYPES = ("fp32", "bf16", "fp16")
+
+CompileMode = Annotated[CompileChoice, typer.Option(
+    "--compile",
+    help="torch.compile the MAR blocks and the diffusion head before sampling, with this mode ('reduce-overhead' "
+         "uses CUDA graphs); the first images take longer while it compiles.")]
+CompileBackend = Annotated[BackendName, typer.Option(
+    help="torch.compile backend; 'aot_eager' and 'eager' only trace (quick checks, no speed-up).")]
+Autocast = Annotated[bool, typer.Option(
+    help="Sample under bf16 autocast, the weights staying in --dtype (meant for CUDA).")]
+
+
+def compiled_for_sampling(model: nn.Module, mode: str, backend: str) -> nn.Module:
+    """`model` with its sampling networks compiled (`harmon.compile`), or as it is when `mode` is 'off'."""
+    return model if mode == "off" else compile_for_sampling(model, mode, backend)
 
 
 def device_and_dtype(device: str, dtype: str, allowed: tuple[str, ...] = ALL_DTYPES) -> tuple[torch.device, torch.dtype]:

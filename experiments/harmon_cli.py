@@ -11,7 +11,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from experiments.cli_common import device_and_dtype, error_line
+from experiments.cli_common import (
+    Autocast,
+    CompileBackend,
+    CompileMode,
+    compiled_for_sampling,
+    device_and_dtype,
+    error_line,
+)
 
 err_console = Console(stderr=True, soft_wrap=True)
 
@@ -63,17 +70,21 @@ def generate(
     image_size: ImageSize = 512,
     grid: Annotated[int, typer.Option(help="Images per side of the output grid: grid x grid samples.")] = 1,
     device: Device = "auto", dtype: Dtype = "fp32", llm: Llm = None, tokenizer: Tokenizer = None, vae: Vae = "kl16",
+    compile_mode: CompileMode = "off", compile_backend: CompileBackend = "inductor", autocast: Autocast = False,
 ) -> None:
     """Text-to-image generation with Harmon (masked autoregressive decoding, KV-cached prompt, CFG)."""
     from harmon.generation import generate_images
     from harmon.images import save_image_grid
+    from harmon.utils.runtime import bf16_autocast
 
     if grid < 1:
         raise typer.BadParameter(f"--grid {grid} must be at least 1")
-    model = _load(checkpoint, llm, tokenizer, vae, device, dtype, image_size)
+    model = compiled_for_sampling(_load(checkpoint, llm, tokenizer, vae, device, dtype, image_size), compile_mode,
+                                  compile_backend)
     try:
-        images = generate_images(model, [prompt] * grid**2, steps=steps, cfg=cfg, cfg_schedule=cfg_schedule,
-                                 temperature=temperature, seed=seed, image_size=image_size, progress=True)
+        with bf16_autocast(model.device, autocast):
+            images = generate_images(model, [prompt] * grid**2, steps=steps, cfg=cfg, cfg_schedule=cfg_schedule,
+                                     temperature=temperature, seed=seed, image_size=image_size, progress=True)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
     save_image_grid(images, out, rows=grid, rounding="harmon")

@@ -23,11 +23,22 @@ Encoders = Annotated[list[str], typer.Option("--encoder", help="Encoder name or 
 Weights = Annotated[list[str] | None, typer.Option("--weights", help="NAME=SOURCE (repeatable): weights of encoder "
                                                                      "NAME (a path, known name, hf://..., URL or "
                                                                      "'random'); default: the registry's source.")]
+EncoderOptions = Annotated[list[str] | None, typer.Option(
+    "--encoder-options", help="NAME=JSON (repeatable): builder keyword arguments of encoder NAME as a JSON object, "
+                              "e.g. 'harmon-0.5b-mar={\"image_size\": 256}'.")]
 Data = Annotated[str, typer.Option(help=DATA_HELP)]
 PerClass = Annotated[int | None, typer.Option(help="Balanced subsets: N images per class in train and in val "
                                                    "(default: every image).")]
 Layer = Annotated[int | None, typer.Option(help="Encoder block whose output is probed (0-based, negative from the "
                                                 "end; default: the final features).")]
+Layers = Annotated[str | None, typer.Option(help="Several blocks from one extraction pass: 'all' or comma-separated "
+                                                 "indices (e.g. 0,4,8,11; negative from the end); adds a plot per "
+                                                 "layer (instead of --layer).")]
+MaskRatios = Annotated[str | None, typer.Option(
+    "--mask-ratio", help="MAR-family encoders only: hide this fraction of the image tokens from the encoder, as MAR's "
+                         "generation does (comma-separated values in [0, 1), or 'default' for 0,0.25,0.5,0.75,0.9; "
+                         "masks seeded by --seed; 'mean' pools the visible tokens, 'buffer_mean' the buffers); adds a "
+                         "plot against the ratio.")]
 Pooling = Annotated[str | None, typer.Option(help="Pooling: mean, cls, map or buffer_mean (default: the "
                                                   "encoder's own).")]
 Features = Annotated[str, typer.Option(help="'pooled' (the pooled vector) or 'tokens' (patch tokens flattened; "
@@ -45,7 +56,9 @@ Seed = Annotated[int, typer.Option(help="Seed of the subsets, the probe and of `
                                          "seed builds the same random encoder, so caches and heads are reused).")]
 
 
-def _specs(names: list[str], weights: list[str] | None) -> list[Any]:
+def _specs(names: list[str], weights: list[str] | None, options: list[str] | None = None) -> list[Any]:
+    import json
+
     from probe.study import EncoderSpec
 
     sources: dict[str, str] = {}
@@ -56,7 +69,18 @@ def _specs(names: list[str], weights: list[str] | None) -> list[Any]:
         if name not in names:
             raise typer.BadParameter(f"--weights {item!r} names {name!r}, which is not among --encoder {names}")
         sources[name] = source
-    return [EncoderSpec(name, sources.get(name)) for name in names]
+    arguments: dict[str, dict[str, Any]] = {}
+    for item in options or []:
+        name, sep, text = item.partition("=")
+        if name not in names:
+            raise typer.BadParameter(f"--encoder-options {item!r} names {name!r}, which is not among --encoder {names}")
+        try:
+            arguments[name] = json.loads(text) if sep else None
+        except json.JSONDecodeError as error:
+            raise typer.BadParameter(f"--encoder-options {item!r}: {error}") from error
+        if not isinstance(arguments[name], dict):
+            raise typer.BadParameter(f"--encoder-options {item!r} must look like NAME={{\"key\": value, ...}}")
+    return [EncoderSpec(name, sources.get(name), options=arguments.get(name, {})) for name in names]
 
 
 def _run(action: Callable[[], Any]) -> Any:
@@ -77,7 +101,10 @@ def probe(
     data: Data,
     weights: Weights = None,
     per_class: PerClass = None,
+    encoder_options: EncoderOptions = None,
     layer: Layer = None,
+    layers: Layers = None,
+    mask_ratio: MaskRatios = None,
     pooling: Pooling = None,
     features: Features = "pooled",
     batch_size: BatchSize = 64,
@@ -93,19 +120,30 @@ def probe(
     out: Annotated[Path, typer.Option(help="Run folder: results.json, report.md, heads/, PNG/PDF plots.")] = Path(
         "runs/probe"),
 ) -> None:
-    """Extract (cached) features of one or more encoders and train linear probes on them."""
+    """Extract (cached) features of one or more encoders and train linear probes on them (with --layers and
+    --mask-ratio: at every layer and mask ratio, each layer set from one pass)."""
+    from probe.conditions import Conditions
     from probe.study import ProbeStudyConfig, run_probe_study
 
     def action():
+        if layer is not None and layers is not None:
+            raise ValueError(f"--layer {layer} and --layers {layers}: pass one of them")
+        conditions = Conditions.parse(layers, mask_ratio)
         config = ProbeStudyConfig(
-            _specs(encoder, weights), data, str(out), cache=str(cache) if cache else None, per_class=per_class,
-            check=check, layer=layer, pooling=pooling, features=features, batch_size=batch_size, workers=workers,
-            device=device, dtype=dtype, epochs=epochs, knn=knn, sklearn=sklearn, seed=seed,
+            _specs(encoder, weights, encoder_options), data, str(out), cache=str(cache) if cache else None,
+            per_class=per_class, check=check, layer=layer, pooling=pooling, features=features,
+            batch_size=batch_size, workers=workers, device=device, dtype=dtype, epochs=epochs, knn=knn,
+            sklearn=sklearn, seed=seed,
         )
-        return run_probe_study(config, console)
+        if conditions == Conditions():
+            return run_probe_study(config, console), "results.json, report.md, heads/ and plots"
+        from probe.condition_study import run_condition_study
 
-    if _run(action) is not None:
-        console.print(f"Wrote results.json, report.md, heads/ and plots to [bold]{out}/[/]")
+        return run_condition_study(config, conditions, console), "results.json, results.csv, report.md and plots"
+
+    results, written = _run(action)
+    if results is not None:
+        console.print(f"Wrote {written} to [bold]{out}/[/]")
 
 
 def cam(

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import os
 import pickle
+import re
 import socket
 import urllib.parse
 import urllib.request
@@ -301,9 +302,17 @@ def check_keys(
 
 
 def save_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> Path:
-    """Write tensors atomically (see `harmon.utils.files.atomic_path`)."""
+    """Write tensors atomically (see `harmon.utils.files.atomic_path`). safetensors reports a failed write as its
+    own error carrying the OS error number; it is raised as that OSError, so a full disk names `path`."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
+        try:
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
+        except SafetensorError as error:
+            code = re.search(r"os error (\d+)", str(error))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from error
     return Path(path)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from harmon.diffusion import GaussianDiffusion
+from harmon.diffusion import GaussianDiffusion, StepFn
 from harmon.layers import silu_mlp
 
 
@@ -96,23 +96,48 @@ class SimpleMLPAdaLN(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         dtype = self.input_proj.weight.dtype
-        x = self.input_proj(x.to(dtype))
-        y = self.time_embed(t) + self.cond_embed(c.to(dtype))
+        return self.denoise(self.input_proj(x.to(dtype)), self.time_embed(t) + self.cond_embed(c.to(dtype)))
+
+    def denoise(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The residual blocks and output layer on projected tokens `h` under conditioning `y` (both (N, width))."""
         for block in self.res_blocks:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, y, use_reentrant=False)
+                h = checkpoint(block, h, y, use_reentrant=False)
             else:
-                x = block(x, y)
-        return self.final_layer(x, y)
+                h = block(h, y)
+        return self.final_layer(h, y)
 
     def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, cfg_scale: float) -> torch.Tensor:
         """Rows [cond | uncond]: run both halves on the first half's x, guide epsilon only, copy to both halves."""
         half = x[: len(x) // 2]
-        out = self.forward(torch.cat([half, half]), t, c)
-        eps, rest = out[:, : self.in_channels], out[:, self.in_channels :]
-        cond_eps, uncond_eps = eps.chunk(2, dim=0)
-        guided = uncond_eps + cfg_scale * (cond_eps - uncond_eps)
-        return torch.cat([torch.cat([guided, guided]), rest], dim=1)
+        return guide(self.forward(torch.cat([half, half]), t, c), self.in_channels, cfg_scale)
+
+    def sampling_step(self, c: torch.Tensor, timesteps: torch.Tensor, cfg_scale: float | None = None) -> StepFn:
+        """`step(x, i)`: the prediction for x at chain index i (original step `timesteps[i]`), for the conditions
+        `c` of a whole sampling loop. The condition and the step embeddings are computed once here, not at each
+        step; with `cfg_scale` the rows are [cond | uncond], both on the first half's x, guided as
+        `forward_with_cfg` guides (the guided rows also share the input projection)."""
+        dtype = self.input_proj.weight.dtype
+        condition = self.cond_embed(c.to(dtype))
+        steps = self.time_embed(timesteps.to(c.device))
+
+        def step(x: torch.Tensor, i: int) -> torch.Tensor:
+            y = steps[i] + condition
+            if cfg_scale is None:
+                return self.denoise(self.input_proj(x.to(dtype)), y)
+            h = self.input_proj(x[: len(x) // 2].to(dtype))
+            return guide(self.denoise(torch.cat([h, h]), y), self.in_channels, cfg_scale)
+
+        return step
+
+
+def guide(out: torch.Tensor, channels: int, cfg_scale: float) -> torch.Tensor:
+    """Classifier-free guidance of rows [cond | uncond]: epsilon = uncond + scale (cond - uncond), copied to both
+    halves; the variance channels stay per row."""
+    eps, rest = out[:, :channels], out[:, channels:]
+    cond_eps, uncond_eps = eps.chunk(2, dim=0)
+    guided = uncond_eps + cfg_scale * (cond_eps - uncond_eps)
+    return torch.cat([torch.cat([guided, guided]), rest], dim=1)
 
 
 class DiffLoss(nn.Module):
@@ -158,7 +183,6 @@ class DiffLoss(nn.Module):
             noise = torch.randn(rows, self.in_channels, generator=generator, device=z.device)
         if guided:
             noise = torch.cat([noise, noise])
-            model, kwargs = self.net.forward_with_cfg, {"c": z, "cfg_scale": float(cfg)}
-        else:
-            model, kwargs = self.net.forward, {"c": z}
-        return self.gen_diffusion.p_sample_loop(model, noise, kwargs, temperature=temperature, generator=generator)
+        diffusion = self.gen_diffusion
+        step = self.net.sampling_step(z, diffusion.timestep_map, float(cfg) if guided else None)
+        return diffusion.p_sample_loop(step, noise, temperature=temperature, generator=generator)

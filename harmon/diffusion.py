@@ -1,14 +1,16 @@
 """Gaussian diffusion over per-token latents, as used by MAR's diffusion head.
 
 Cosine noise schedule over 1000 steps, epsilon prediction with a learned-range variance, MSE + VLB training loss
-and ancestral (DDPM) sampling on a respaced chain. Coefficients are computed in float64 and gathered as float32,
-so the numbers match the improved-DDPM formulation the official release builds on.
+and ancestral (DDPM) sampling on a respaced chain. Coefficients are computed in float64 and used as float32, so
+the numbers match the improved-DDPM formulation the official release builds on. Sampling reads each step's
+coefficients from tables kept on the device, so its loop makes no host-to-device copy.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,6 +18,20 @@ import torch
 NUM_TRAIN_STEPS = 1000
 
 ModelFn = Callable[..., torch.Tensor]
+StepFn = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class StepCoefficients:
+    """What one reverse step reads from the schedule (float32, 0-d): x_0 from epsilon, the posterior mean, and
+    the two ends of the learned log-variance range."""
+
+    sqrt_recip: torch.Tensor
+    sqrt_recipm1: torch.Tensor
+    coef1: torch.Tensor
+    coef2: torch.Tensor
+    min_log: torch.Tensor
+    log_beta: torch.Tensor
 
 
 def cosine_betas(num_steps: int = NUM_TRAIN_STEPS, max_beta: float = 0.999) -> np.ndarray:
@@ -120,6 +136,7 @@ class GaussianDiffusion:
         self.posterior_mean_coef1 = self.betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
         self.log_betas = np.log(self.betas)
+        self._coefficients: dict[torch.device, list[StepCoefficients]] = {}
 
     @staticmethod
     def _gather(values: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -182,18 +199,39 @@ class GaussianDiffusion:
         nll = _mean_flat(nll) / math.log(2.0)
         return torch.where(t == 0, nll, kl)
 
+    def step_coefficients(self, device: torch.device | str) -> list[StepCoefficients]:
+        """Per chain index, the float32 coefficients of one reverse step as 0-d tensors on `device` (built once per
+        device: indexing them in the loop needs no host-to-device copy)."""
+        device = torch.device(device)
+        if device not in self._coefficients:
+            def table(values: np.ndarray) -> torch.Tensor:
+                return torch.from_numpy(values).to(device=device).float()
+
+            columns = [table(v) for v in (self.sqrt_recip_alphas_cumprod, self.sqrt_recipm1_alphas_cumprod,
+                                          self.posterior_mean_coef1, self.posterior_mean_coef2,
+                                          self.posterior_log_variance_clipped, self.log_betas)]
+            self._coefficients[device] = [StepCoefficients(*(c[i] for c in columns))
+                                          for i in range(self.num_timesteps)]
+        return self._coefficients[device]
+
     @torch.no_grad()
     def p_sample_loop(
-        self, model: ModelFn, noise: torch.Tensor, model_kwargs: dict | None = None, temperature: float = 1.0,
-        generator: torch.Generator | None = None,
+        self, model: StepFn, noise: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Ancestral sampling from x_T = noise down to x_0; temperature scales only the per-step noise."""
+        """Ancestral sampling from x_T = noise down to x_0; `model(x, i)` predicts [eps | v] at chain index i;
+        temperature scales only the per-step noise.
+
+        Same arithmetic as `p_mean_variance` then one posterior step, with the step's coefficients looked up once.
+        """
         x = noise
-        kwargs = model_kwargs or {}
-        for i in reversed(range(self.num_timesteps)):
-            t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-            pred = self.p_mean_variance(self._call(model, x, t, kwargs), x, t)
+        channels = x.shape[1]
+        for i, k in reversed(list(enumerate(self.step_coefficients(x.device)))):
+            output = model(x, i).to(x.dtype)
+            eps, v = output[:, :channels], output[:, channels:]
+            frac = (v + 1) / 2
+            log_variance = frac * k.log_beta + (1 - frac) * k.min_log
+            pred_xstart = k.sqrt_recip * x - k.sqrt_recipm1 * eps
+            mean = k.coef1 * pred_xstart + k.coef2 * x
             step_noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
-            keep_noise = 1.0 if i > 0 else 0.0
-            x = pred["mean"] + keep_noise * torch.exp(0.5 * pred["log_variance"]) * step_noise * temperature
+            x = mean + torch.exp(0.5 * log_variance) * step_noise * temperature if i > 0 else mean
         return x

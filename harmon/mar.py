@@ -100,9 +100,18 @@ def resize_grid_embedding(pos: torch.Tensor, grid: tuple[int, int], prefix: int)
     return torch.cat([head, body], dim=1)
 
 
-def _keep_rows(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Select the rows where `keep` is true, preserving order; every sample keeps the same number of rows."""
-    return x[keep.nonzero(as_tuple=True)].reshape(x.shape[0], -1, x.shape[-1])
+def kept_index(keep: torch.Tensor, count: int) -> torch.Tensor:
+    """(B, count) positions where `keep` (B, T) is true, in increasing order, when every row keeps `count`
+    (found by a stable sort, so no device-to-host copy is needed)."""
+    return torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)[:, :count]
+
+
+def _keep_rows(x: torch.Tensor, keep: torch.Tensor, count: int | None = None) -> torch.Tensor:
+    """Select the rows where `keep` is true, preserving order; every sample keeps the same number of rows
+    (`count`, when known: then without a device-to-host copy)."""
+    if count is None:
+        return x[keep.nonzero(as_tuple=True)].reshape(x.shape[0], -1, x.shape[-1])
+    return x.gather(1, kept_index(keep, count)[..., None].expand(-1, -1, x.shape[-1]))
 
 
 class MAR(nn.Module):
@@ -190,10 +199,11 @@ class MAR(nn.Module):
     # ----- encoder / decoder ------------------------------------------------------------------------------------
     def forward_mae_encoder(
         self, tokens: torch.Tensor, mask: torch.Tensor | None, class_embedding: torch.Tensor,
-        image_shape: tuple[int, int] | None = None, num_blocks: int | None = None,
+        image_shape: tuple[int, int] | None = None, num_blocks: int | None = None, visible: int | None = None,
     ) -> torch.Tensor:
         """Encode the visible tokens (`mask` (B, L), 1 = masked; None: every token). Returns
-        (B, buffer + #visible, C), buffers first.
+        (B, buffer + #visible, C), buffers first. `visible`, when known, is how many tokens every row keeps (the
+        rows are then picked without a device-to-host copy, as sampling does).
 
         `class_embedding` (B, C) fills all buffer slots; pass `fake_latent` rows for label-free features.
         In training mode, each sample's class embedding is replaced by `fake_latent` with `label_drop_prob`.
@@ -212,18 +222,19 @@ class MAR(nn.Module):
         x = self.z_proj_ln(x)
         if mask is not None:
             keep = torch.cat([torch.ones(b, self.buffer_size, device=x.device, dtype=torch.bool), ~mask.bool()], dim=1)
-            x = _keep_rows(x, keep)
+            x = _keep_rows(x, keep, None if visible is None else self.buffer_size + visible)
         blocks = self.encoder_blocks if num_blocks is None else self.encoder_blocks[:num_blocks]
         x = self._run(blocks, x)
         return self.encoder_norm(x) if len(blocks) == len(self.encoder_blocks) else x
 
     def forward_mae_decoder(
         self, x: torch.Tensor, mask: torch.Tensor, image_shape: tuple[int, int] | None = None,
-        x_con: torch.Tensor | None = None,
+        x_con: torch.Tensor | None = None, visible: int | None = None,
     ) -> torch.Tensor:
         """Decode encoder outputs to per-token conditions (B, L, C_dec) for the diffusion head.
 
-        Masked positions hold `mask_token`, or `decoder_embed(x_con)` when a full-length `x_con` is given.
+        Masked positions hold `mask_token`, or `decoder_embed(x_con)` when a full-length `x_con` is given;
+        `visible` as in `forward_mae_encoder`.
         """
         grid = image_shape or self.default_grid()
         x = self.decoder_embed(x)
@@ -233,7 +244,11 @@ class MAR(nn.Module):
             full = self.mask_token.to(x.dtype).expand(b, keep.shape[1], -1).clone()
         else:
             full = self.decoder_embed(x_con).to(x.dtype)
-        full[keep.nonzero(as_tuple=True)] = x.reshape(-1, x.shape[-1])
+        if visible is None:
+            full[keep.nonzero(as_tuple=True)] = x.reshape(-1, x.shape[-1])
+        else:
+            index = kept_index(keep, self.buffer_size + visible)
+            full = full.scatter(1, index[..., None].expand(-1, -1, x.shape[-1]), x)
         x = full + resize_grid_embedding(self.decoder_pos_embed_learned, grid, self.buffer_size)
         x = self.decoder_norm(self._run(self.decoder_blocks, x))
         x = x[:, self.buffer_size :]
@@ -308,8 +323,9 @@ class MAR(nn.Module):
         if decoding.guided:
             cond = torch.cat([cond, self.fake_latent.expand(bsz, -1)])
 
-        def condition(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            return self.forward_mae_decoder(self.forward_mae_encoder(tokens, mask, cond, grid), mask, grid)
+        def condition(tokens: torch.Tensor, mask: torch.Tensor, visible: int) -> torch.Tensor:
+            x = self.forward_mae_encoder(tokens, mask, cond, grid, visible=visible)
+            return self.forward_mae_decoder(x, mask, grid, visible=visible)
 
         tokens = torch.zeros(bsz, seq_len, self.token_embed_dim, device=device, dtype=dtype)
         tokens = decoding.decode(condition, self.diffloss, tokens, orders, generator,
@@ -366,14 +382,16 @@ class MaskedDecoding:
         return 1 + (self.cfg - 1) * (seq_len - masked_after) / seq_len
 
     def decode(
-        self, condition: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], diffloss: DiffLoss,
+        self, condition: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor], diffloss: DiffLoss,
         tokens: torch.Tensor, orders: torch.Tensor, generator: torch.Generator, progress: str | None = None,
     ) -> torch.Tensor:
         """Reveal `tokens` (B, L, C), all masked at first, along `orders` (B, L); returns them filled in place.
 
-        Each step `condition(tokens, mask)` gives the diffusion head's per-token conditions; when guided, both
-        arguments are the batch twice, as rows [conditional | unconditional]. The tokens leaving the mask (all
-        that are left at the last step) are sampled from `diffloss`. `progress` names a progress bar.
+        Each step `condition(tokens, mask, visible)` gives the diffusion head's per-token conditions (`visible`:
+        how many tokens of every row are unmasked); when guided, both tensors are the batch twice, as rows
+        [conditional | unconditional]. The tokens leaving the mask (all that are left at the last step) are
+        sampled from `diffloss`. Counts come from the schedule and rows are indexed through `orders`, so the loop
+        never waits for the device. `progress` names a progress bar.
         """
         guided = self.guided
 
@@ -388,13 +406,15 @@ class MaskedDecoding:
             from rich.progress import track
 
             steps = track(steps, description=progress)
+        masked = seq_len
         for step in steps:
-            z = condition(both(tokens), both(mask))
-            mask_next = mask_from_orders(orders, schedule[step])
-            to_pred = mask if step == self.num_iter - 1 else mask & ~mask_next
-            mask = mask_next
+            z = condition(both(tokens), both(mask), seq_len - masked)
+            left = 0 if step == self.num_iter - 1 else schedule[step]
+            revealed = orders[:, left:masked].sort(dim=1).values  # (B, k), in token order as the rows are drawn
+            masked, mask = schedule[step], mask_from_orders(orders, schedule[step])
             scale = self.cfg_at(seq_len, schedule[step]) if guided else 1.0
-            sampled = diffloss.sample(z[both(to_pred).nonzero(as_tuple=True)], self.temperature, scale,
-                                      generator=generator)
-            tokens[to_pred.nonzero(as_tuple=True)] = sampled[: int(to_pred.sum())].to(tokens.dtype)
+            picked = z.gather(1, both(revealed)[..., None].expand(-1, -1, z.shape[-1])).flatten(0, 1)
+            sampled = diffloss.sample(picked, self.temperature, scale, generator=generator)
+            rows = sampled[: revealed.numel()].to(tokens.dtype).reshape(*revealed.shape, tokens.shape[-1])
+            tokens.scatter_(1, revealed[..., None].expand(-1, -1, tokens.shape[-1]), rows)
         return tokens

@@ -102,10 +102,12 @@ class Harmon(nn.Module):
         latents = encode(self.vae, pixels.to(self.device), scale=self.config.vae_scale)
         return self.mar.patchify(latents.to(self.dtype))
 
-    def mar_features(self, tokens: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """MAR encoder on the visible tokens with `fake_latent` in every buffer: (B, 64 + #visible, C)."""
+    def mar_features(self, tokens: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int],
+                     visible: int | None = None) -> torch.Tensor:
+        """MAR encoder on the visible tokens with `fake_latent` in every buffer: (B, 64 + #visible, C); `visible`
+        (tokens kept per row), when known, spares a device-to-host copy."""
         buffers = self.mar.fake_latent.expand(tokens.shape[0], -1)
-        return self.mar.forward_mae_encoder(tokens, mask.to(tokens.dtype), buffers, grid)
+        return self.mar.forward_mae_encoder(tokens, mask.to(tokens.dtype), buffers, grid, visible=visible)
 
     def to_llm_order(self, x: torch.Tensor) -> torch.Tensor:
         """Buffers-first MAR order -> image tokens first, buffers last (the LLM's order)."""
@@ -129,14 +131,15 @@ class Harmon(nn.Module):
 
     def condition_tokens(
         self, tokens: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int], prompt_embeds: torch.Tensor,
-        prompt_mask: torch.Tensor, cache: DynamicCache | None = None,
+        prompt_mask: torch.Tensor, cache: DynamicCache | None = None, visible: int | None = None,
     ) -> torch.Tensor:
-        """Per-token conditions (B, L, C_dec) for the diffusion head, given the prompt.
+        """Per-token conditions (B, L, C_dec) for the diffusion head, given the prompt (`visible`: unmasked tokens
+        per row, when known).
 
         MAR encoder -> proj_in -> LLM after the prompt -> proj_out, added to the encoder output -> MAR decoder.
         With `cache` holding the prefilled prompt, only the image part runs and the cache is cropped back after.
         """
-        x_enc = self.mar_features(tokens, mask, grid)
+        x_enc = self.mar_features(tokens, mask, grid, visible)
         z = self.to_llm_order(self.proj_in(x_enc))
         n, prompt_len = z.shape[1], prompt_mask.shape[1]
         full_mask = torch.cat([prompt_mask, prompt_mask.new_ones(prompt_mask.shape[0], n)], dim=1)
@@ -152,7 +155,7 @@ class Harmon(nn.Module):
                                     cache=cache, use_cache=True).last_hidden_state
             cache.crop(-n)
         x = x_enc + self.proj_out(self.from_llm_order(hidden))
-        return self.mar.forward_mae_decoder(x, mask, grid)
+        return self.mar.forward_mae_decoder(x, mask, grid, visible=visible)
 
     def prefill_prompt(self, prompt_embeds: torch.Tensor, prompt_mask: torch.Tensor) -> DynamicCache:
         """Run the prompt once and keep its keys/values."""

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from encoders.registry import create_encoder, weights_source
+from encoders.registry import weights_source
 from harmon.utils.files import write_json
 from harmon.utils.runtime import rank, resolve_device
 from probe import plots
@@ -127,11 +127,11 @@ def run_cam_study(config: ProbeStudyConfig, images: int = 8, heads: str | None =
     for spec in config.encoders:
         head = None
         if spec_target.kind != "logit":
-            encoder = create_encoder(spec.name, spec.weights, seed=config.seed)
+            encoder = spec.build(config.seed)
         elif heads is None:
             _, head, encoder = probe_encoder(spec, data, config, console)
         else:
-            encoder = create_encoder(spec.name, spec.weights, seed=config.seed)
+            encoder = spec.build(config.seed)
             head = load_head(Path(heads) / "heads" / f"{spec.file_name}.safetensors", encoder, config, data.classes)
         if rank() != 0:  # other processes of a multi-process launch only help extracting
             continue

@@ -2,11 +2,11 @@
 
 A cache lives in `cache_root/<encoder>-<split>-<hash>/`, where the hash covers everything that changes the
 features (encoder description and weights digest, layer, pooling, preprocessing, dataset identity, split,
-subset, compute dtype, token storage). It holds `.npy` arrays written row by row through memory maps
-(features [N, D] float32, labels [N] int64, optionally tokens [N, T, D] float16), a `manifest.json`, and
-per-process `done-<host>-<pid>.npy` arrays saved atomically every few batches (merged into `done.npy` at the
-end), so a killed extraction resumes where it stopped. Space for every array is reserved up front, so a full
-disk fails at the start with a clear error.
+subset, compute dtype, token storage, token mask); each layer has its own cache, and one pass can fill several.
+It holds `.npy` arrays written row by row through memory maps (features [N, D] float32, labels [N] int64,
+optionally tokens [N, T, D] float16), a `manifest.json`, and per-process `done-<host>-<pid>.npy` arrays saved
+atomically every few batches (merged into `done.npy` at the end), so a killed extraction resumes where it
+stopped. Space for every array is reserved up front, so a full disk fails at the start with a clear error.
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ class CachePlan:
 
     pooling: None for the encoder's default. dtype: 'fp32', 'bf16' or 'fp16' (autocast compute; features are
     stored as float32), None for fp32. tokens: also store the patch tokens [N, T, D] as float16.
-    subset: indices of the dataset to extract (None: all of it).
+    subset: indices of the dataset to extract (None: all of it). mask_ratio: hide this fraction of the tokens
+    from the encoder (`encoders.masking`; encoders with `masks_tokens` only; None or 0: none), each image's mask
+    seeded by `mask_seed` and its index in the dataset; stored tokens are then the visible ones.
     """
 
     cache_root: str | os.PathLike
@@ -55,6 +57,8 @@ class CachePlan:
     tokens: bool = False
     dataset_name: str | None = None
     subset: Sequence[int] | np.ndarray | None = None
+    mask_ratio: float | None = None
+    mask_seed: int = 0
 
 
 # ------------------------------------------------------------------------------------------------ cache key
@@ -83,8 +87,8 @@ def dataset_identity(dataset: LabelledImages) -> dict[str, Any]:
 
 def cache_key(encoder: Encoder, dataset: LabelledImages, plan: CachePlan) -> dict[str, Any]:
     """Everything that changes the cached arrays of `dataset` (already restricted to the subset) under a plan
-    whose pooling and dtype are resolved; its hash names the cache folder."""
-    return {
+    whose pooling and dtype are resolved; its hash names the cache folder. A token mask adds a "mask" entry."""
+    key = {
         "version": FORMAT_VERSION,
         "encoder": encoder.describe(),
         "weights": encoder.weights_digest(),
@@ -96,6 +100,10 @@ def cache_key(encoder: Encoder, dataset: LabelledImages, plan: CachePlan) -> dic
         "dtype": plan.dtype,
         "tokens": "float16" if plan.tokens else None,
     }
+    if plan.mask_ratio:
+        key["mask"] = {"ratio": plan.mask_ratio, "seed": plan.mask_seed,
+                       "order": "numpy default_rng([seed, image index in the dataset]).permutation"}
+    return key
 
 
 def key_hash(key: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from rich.console import Console
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from encoders.base import Encoder
 from encoders.registry import create_encoder, weights_source
 from harmon.checkpoints import cache_dir, save_safetensors
 from harmon.utils.files import file_stem, output_dir, write_json
@@ -33,8 +35,8 @@ from probe.datasets import (
     fashion_mnist,
     sklearn_digits,
 )
-from probe.feature_cache import CachePlan
-from probe.features import ExtractOptions, extract_features
+from probe.feature_cache import CachePlan, FeatureCache
+from probe.features import ExtractOptions, extract_layer_features
 from probe.knn import knn_probe
 from probe.linear import (
     LinearProbeConfig,
@@ -51,11 +53,17 @@ DATA_FORMS = "'imagefolder:PATH' (PATH/train/<class>/*, PATH/val/<class>/*), 'fa
 
 @dataclass
 class EncoderSpec:
-    """One encoder of a study: registry name, weights source (None: the registry default) and a label."""
+    """One encoder of a study: registry name, weights source (None: the registry default), a label and builder
+    keyword arguments (`create_encoder` options, e.g. image_size)."""
 
     name: str
     weights: str | None = None
     label: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, seed: int | None = None) -> Encoder:
+        """The encoder, with seeded random weights for weights="random"."""
+        return create_encoder(self.name, self.weights, seed=seed, **self.options)
 
     @property
     def title(self) -> str:
@@ -112,7 +120,7 @@ class ProbeStudyConfig:
 
     def arms(self) -> list[EncoderSpec]:
         """The encoders, followed (with `twins`) by a seeded random-init twin of each one that has weights."""
-        twins = [EncoderSpec(s.name, "random", f"{s.title} (random)") for s in self.encoders
+        twins = [EncoderSpec(s.name, "random", f"{s.title} (random)", dict(s.options)) for s in self.encoders
                  if self.twins and s.weights != "random"]
         return [*self.encoders, *twins]
 
@@ -181,12 +189,33 @@ def probe_inputs(cache, features: str) -> np.ndarray:
 
 
 def _extract(encoder, data: StudyData, config: ProbeStudyConfig, split: str):
+    return extract_split_layers(encoder, data, config, split, [config.layer])[0]
 
+
+def extract_split_layers(encoder, data: StudyData, config: ProbeStudyConfig, split: str,
+                         layers: Sequence[int | None], mask_ratio: float | None = None) -> list[FeatureCache]:
+    """The caches of `layers` on one split, filled in one pass; `mask_ratio` hides tokens (seeded by `seed`)."""
     dataset, subset = (data.train, data.train_subset) if split == "train" else (data.val, data.val_subset)
-    plan = CachePlan(config.cache_root(), split, layer=config.layer, pooling=config.pooling, dtype=config.dtype,
-                     tokens=config.features == "tokens" or config.attentive, dataset_name=data.name, subset=subset)
+    plan = CachePlan(config.cache_root(), split, pooling=config.pooling, dtype=config.dtype,
+                     tokens=config.features == "tokens" or config.attentive, dataset_name=data.name, subset=subset,
+                     mask_ratio=mask_ratio, mask_seed=config.seed)
     options = ExtractOptions(batch_size=config.batch_size, num_workers=config.workers, device=config.device)
-    return extract_features(encoder, dataset, plan, options)
+    return extract_layer_features(encoder, dataset, plan, layers, options)
+
+
+def linear_scores(train: FeatureCache, val: FeatureCache, config: ProbeStudyConfig, classes: list[str]):
+    """The linear-probe sweep on one pair of caches: (inputs (train, val), sweep result, classification report)."""
+    train_x, val_x = probe_inputs(train, config.features), probe_inputs(val, config.features)
+    sweep = sweep_linear_probe(train_x, train.labels, val_x, val.labels, _sweep_config(config, len(train.labels)))
+    report = classification_report(predict_logits(sweep.head, val_x).numpy(), val.labels, classes)
+    return (train_x, val_x), sweep, report
+
+
+def selected_settings(sweep) -> dict[str, Any]:
+    """The training settings the sweep selected."""
+    chosen = sweep.selected
+    return {"base_lr": chosen.base_lr, "weight_decay": chosen.weight_decay, "epochs": chosen.epochs,
+            "batch_size": chosen.batch_size, "optimizer": chosen.optimizer}
 
 
 def _sweep_config(config: ProbeStudyConfig, num_train: int):
@@ -212,18 +241,16 @@ def probe_encoder(spec: EncoderSpec, data: StudyData, config: ProbeStudyConfig, 
     """Extract, probe and evaluate one encoder; returns (result, head, encoder); result and head are None on
     ranks > 0 of a multi-process launch, which only help extracting."""
 
-    encoder = create_encoder(spec.name, spec.weights, seed=config.seed)
+    encoder = spec.build(config.seed)
     check_layer(encoder, config.layer, spec.name)
     start = time.perf_counter()
     train, val = _extract(encoder, data, config, "train"), _extract(encoder, data, config, "val")
     extract_s = time.perf_counter() - start
     if rank() != 0:
         return None, None, encoder
-    train_x, val_x = probe_inputs(train, config.features), probe_inputs(val, config.features)
     start = time.perf_counter()
-    sweep = sweep_linear_probe(train_x, train.labels, val_x, val.labels, _sweep_config(config, len(train.labels)))
+    (train_x, val_x), sweep, report = linear_scores(train, val, config, data.classes)
     probe_s = time.perf_counter() - start
-    report = classification_report(predict_logits(sweep.head, val_x).numpy(), val.labels, data.classes)
     result: dict[str, Any] = {
         "encoder": spec.name, "weights": spec.weights,
         "weights_source": weights_source(spec.name, spec.weights, config.seed),
@@ -232,9 +259,7 @@ def probe_encoder(spec: EncoderSpec, data: StudyData, config: ProbeStudyConfig, 
         "weights_digest": train.manifest["key"]["weights"],
         "top1": report["top1"], "top5": report["top5"], "mean_per_class_top1": report["mean_per_class_top1"],
         "per_class_top1": report["per_class_top1"], "confusion": report["confusion"],
-        "selected": {"base_lr": sweep.selected.base_lr, "weight_decay": sweep.selected.weight_decay,
-                     "epochs": sweep.selected.epochs, "batch_size": sweep.selected.batch_size,
-                     "optimizer": sweep.selected.optimizer},
+        "selected": selected_settings(sweep),
         "sweep": sweep.grid,
         "cache": {"train": train.key_hash, "val": val.key_hash, "train_path": str(train.path), "val_path": str(val.path),
                   "computed": train.stats["computed"] + val.stats["computed"],

@@ -49,8 +49,10 @@ def cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def table5_out(cache, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("table5") / "out"
-    done = harmon("table5", "--preset", "micro", "--out", str(out), "--cache", str(cache), "--no-progress")
+    done = harmon("table5", "--preset", "micro", "--out", str(out), "--cache", str(cache), "--no-progress",
+                  "--workers", "2")
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "training 5 runs in 2 worker processes" in done.stdout
     return out
 
 
@@ -119,6 +121,28 @@ def test_table5_micro_writes_every_output(table5_out, cache):
 # ------------------------------------------------------------------------------------------------ Figure 6
 
 
+def test_runs_trained_in_workers_equal_runs_trained_in_one_process(table5_out, cache, tmp_path):
+    config = load_ablation(Table5Config, "table5", "micro")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker trains
+    try:
+        alone = table5.run_table5(config, tmp_path / "alone", cache, console=Console(quiet=True), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    parallel = json.loads((table5_out / "results.json").read_text())
+    for label, seeds in alone["runs"].items():
+        assert not seeds[0]["reused"]
+        assert seeds[0]["evaluation"] == parallel["runs"][label]["0"]["evaluation"], label
+        digest = [load_file(Path(d) / "final" / "model.safetensors") for d in
+                  (seeds[0]["run_dir"], parallel["runs"][label]["0"]["run_dir"])]
+        assert all(torch.equal(digest[0][k], digest[1][k]) for k in digest[0]), label
+
+
+def test_workers_below_one_are_refused_in_one_line(cache, tmp_path):
+    done = harmon("table5", "--preset", "micro", "--out", str(tmp_path), "--cache", str(cache), "--workers", "0")
+    assert done.returncode == 2 and "--workers 0" in done.stdout and "Traceback" not in done.stdout + done.stderr
+
+
 def test_figure6_micro_writes_curves_figure_and_report(figure6_out):
     out = figure6_out
     saved = json.loads((out / "curves.json").read_text())
@@ -167,7 +191,8 @@ def test_figure6_rerun_reuses_finished_runs_and_resumes_a_stopped_one(figure6_ou
     (stopped / "evaluations.jsonl").write_text("")
     finished = copy / "runs" / "und-only-seed0" / "metrics.csv"
     stamp = finished.stat().st_mtime_ns
-    done = harmon("figure6", "--preset", "micro", "--out", str(copy), "--cache", str(cache), "--no-progress")
+    done = harmon("figure6", "--preset", "micro", "--out", str(copy), "--cache", str(cache), "--no-progress",
+                  "--workers", "1")  # one process, so that every run's reuse / resume line is printed here
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("reusing the finished run") == 3
     said = " ".join(done.stdout.split())  # the console wraps long lines

@@ -136,6 +136,29 @@ def test_a_full_disk_while_writing_names_the_file_and_leaves_no_temporary(tmp_pa
     assert list(target.parent.iterdir()) == []
 
 
+SAFETENSORS_OVER_THE_LIMIT = """
+import resource, signal, sys, torch
+from harmon.checkpoints import save_safetensors
+from harmon.utils.files import DiskFull
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    save_safetensors({"w": torch.zeros(100_000)}, sys.argv[1])
+except DiskFull as error:
+    print("DiskFull:", error)
+"""
+
+
+def test_a_safetensors_write_past_the_file_size_limit_names_the_file_and_leaves_nothing(tmp_path: Path) -> None:
+    """safetensors raises its own error type for a failed write; it must become the one-line DiskFull."""
+    target = tmp_path / "final" / "model.safetensors"
+    done = subprocess.run([sys.executable, "-c", SAFETENSORS_OVER_THE_LIMIT, str(target)], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith(f"DiskFull: [Errno {errno.EFBIG}] no space left writing {target}"), done.stdout
+    assert "free some space" in done.stdout and list(target.parent.iterdir()) == []
+
+
 @needs_dev_full
 def test_torch_saves_surface_the_disk_full_error_not_a_zip_writer_message(tmp_path: Path) -> None:
     with open("/dev/full", "wb", buffering=0) as full, pytest.raises(OSError) as caught:

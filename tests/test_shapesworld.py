@@ -48,6 +48,7 @@ from harmon.shapesworld.evaluate import (
 )
 from harmon.shapesworld.geometry import outline
 from harmon.shapesworld.sampling import place_centers
+from harmon.shapesworld.scene import is_clear_relation
 from probe.localisation import cam_energy_in_mask, pointing_game
 
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
@@ -394,3 +395,72 @@ def test_jsonl_export_reads_back(tmp_path: Path):
             item.scene, dataset.rng(record["index"], "questions"), dataset.config, "popular"
         )
     assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+# --- spatial relations against image coordinates ------------------------------------------------------------
+# Pixel (x, y): x grows to the right, y grows downwards. "a left of b" means a's centre has the smaller x.
+
+
+def _mask_centre(mask: np.ndarray) -> tuple[float, float]:
+    rows, cols = np.nonzero(mask)
+    return float(cols.mean()), float(rows.mean())
+
+
+def _direction_by_hand(a: tuple[float, float], b: tuple[float, float]) -> str:
+    dx, dy = a[0] - b[0], a[1] - b[1]
+    if abs(dx) > abs(dy):
+        return "left of" if dx < 0 else "right of"
+    return "above" if dy < 0 else "below"
+
+
+def test_relation_reads_image_coordinates():
+    assert relation((10, 50), (40, 50)) == "left of"
+    assert relation((40, 50), (10, 50)) == "right of"
+    assert relation((50, 10), (50, 40)) == "above"
+    assert relation((50, 40), (50, 10)) == "below"
+    assert relation((10, 30), (40, 50)) == "left of"  # |dx| = 30 > |dy| = 20: the horizontal axis decides
+    assert relation((30, 10), (50, 40)) == "above"  # |dy| = 30 > |dx| = 20
+    assert relation((10.5, 50), (10, 50)) == "right of" and relation((50, 10.5), (50, 10)) == "below"
+
+
+def test_clear_relation_by_hand():
+    """Clear when the larger offset is at least 1.5 times the smaller one (and the centres differ)."""
+    assert is_clear_relation((10, 60), (40, 40))  # 30 >= 1.5 * 20
+    assert not is_clear_relation((10, 60), (39, 40))  # 29 < 30
+    assert not is_clear_relation((50, 10), (20, 40))  # 30 vs 30: a diagonal
+    assert is_clear_relation((0, 0), (0.5, 0)) and not is_clear_relation((7, 7), (7, 7))
+
+
+@pytest.mark.parametrize("rel", ["left of", "right of", "above", "below"])
+def test_position_prompts_put_the_objects_where_the_words_say(rel):
+    """The rendered pixels of the first object lie on the named side of the second's."""
+    words = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}[rel]
+    spec = PromptSpec("position", (PromptObject("circle", "red"), PromptObject("square", "blue")), rel)
+    assert prompt_text(spec) == f"a red circle {words} a blue square"
+    for seed in range(4):
+        rendered = render_scene(scene_for_prompt(spec, seed, ShapesWorldConfig(image_size=64)))
+        pixels = np.asarray(rendered.image, dtype=np.int16)
+        red = np.abs(pixels - np.array([230, 30, 30])).sum(-1) < 40
+        blue = np.abs(pixels - np.array([40, 70, 235])).sum(-1) < 40
+        assert _direction_by_hand(_mask_centre(red), _mask_centre(blue)) == rel, seed
+
+
+def test_position_questions_and_captions_agree_with_the_rendered_masks():
+    config = ShapesWorldConfig(image_size=96, min_objects=2)
+    asked = Counter()
+    for seed in range(30):
+        scene = sample_scene(seed, config)
+        centres = [_mask_centre(mask) for mask in render_scene(scene).masks]
+        where = {obj.shape: centre for obj, centre in zip(scene.objects, centres, strict=True)}
+        for pair in questions_for_scene(scene, seed, config):
+            if pair.kind != "position":
+                continue
+            a, rel, b = re.fullmatch(r"Is the (\w+) (left of|right of|above|below) the (\w+)\?", pair.question).groups()
+            assert pair.answer == ("yes" if _direction_by_hand(where[a], where[b]) == rel else "no"), pair
+            asked[rel, pair.answer] += 1
+        if "position" in applicable_categories(scene):
+            spec = describe_scene(scene, seed, "position").spec
+            first, second = (next(c for o, c in zip(scene.objects, centres, strict=True)
+                                  if (o.shape, o.color) == (p.shape, p.color)) for p in spec.objects)
+            assert _direction_by_hand(first, second) == spec.relation
+    assert {rel for rel, answer in asked if answer == "yes"} == {"left of", "right of", "above", "below"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,7 +17,8 @@ class ConvLatentEncoder(Encoder):
 
     `layer=None` gives `feature`; `layer=k` gives the output of stage k of [*encoder.down_blocks,
     encoder.mid_block] (so -1 is the trunk after the mid block), average-pooled to the latent grid where the
-    stage runs at a finer resolution. Pooling: mean over the grid. No prefix tokens.
+    stage runs at a finer resolution; several layers come from one pass. Pooling: mean over the grid. No prefix
+    tokens.
     """
 
     features: tuple[str, ...] = ("last_block",)
@@ -53,22 +56,31 @@ class ConvLatentEncoder(Encoder):
             return self.encoder.mid_block
         return self.quant_conv if self.quant_conv is not None else self.encoder.conv_out
 
-    def feature_map(self, pixels: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+    def forward_layers(self, pixels: torch.Tensor, layers: Sequence[int | None]) -> list[torch.Tensor]:
+        """One pass through the stages, up to the deepest one asked for (all of them for `None`)."""
         grid = self.grid_for(*pixels.shape[-2:])
         stages = self.stages()
-        stop = resolve_layer(layer, len(stages), self.name)
-        h = self.encoder.conv_in(pixels)
-        for stage in stages[: stop + 1]:
+        stops = [resolve_layer(layer, len(stages), self.name) for layer in layers]
+        wanted = {stop for stop, layer in zip(stops, layers, strict=True) if layer is not None}
+        h, maps = self.encoder.conv_in(pixels), {}
+        for index, stage in enumerate(stages[: max(stops) + 1]):
             h = stage(h)
-        if layer is not None:
-            return F.adaptive_avg_pool2d(h, grid) if h.shape[-2:] != grid else h
+            if index in wanted:
+                maps[index] = F.adaptive_avg_pool2d(h, grid) if h.shape[-2:] != grid else h
+        if None in layers:
+            maps[None] = self.final_feature(h)
+        return [maps[layer if layer is None else stop].flatten(2).transpose(1, 2)
+                for layer, stop in zip(layers, stops, strict=True)]
+
+    def final_feature(self, h: torch.Tensor) -> torch.Tensor:
+        """`feature` from the trunk output after the mid block."""
         if self.feature == "last_block":
             return h
         h = self.encoder.conv_out(self.encoder.conv_act(self.encoder.conv_norm_out(h)))
         return self.latent(h if self.quant_conv is None else self.quant_conv(h))
 
     def forward_sequence(self, pixels: torch.Tensor, layer: int | None = None) -> torch.Tensor:
-        return self.feature_map(pixels, layer).flatten(2).transpose(1, 2)
+        return self.forward_layers(pixels, [layer])[0]
 
     def describe(self) -> dict:
         return {**super().describe(), "feature": self.feature, "stride": self.stride,

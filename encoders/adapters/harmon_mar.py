@@ -9,13 +9,13 @@ Harmon reads images at 512 px; pass `image_size=` to choose (256 px gives the MA
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from encoders.adapters.common import explain
+from encoders.adapters.common import explain, resolve_layer
 from encoders.adapters.mar import MAREncoder
 from harmon.checkpoints import CheckpointError, check_keys, load_file
 from harmon.layers import silu_mlp
@@ -43,10 +43,14 @@ class HarmonMAREncoder(MAREncoder):
         super().__init__(name, mar, vae, image_size)
         self.proj_in = proj_in.requires_grad_(False) if proj_in is not None else None
 
-    def forward_sequence(self, pixels: torch.Tensor, layer: int | None = None) -> torch.Tensor:
-        x = super().forward_sequence(pixels, layer)
-        last = layer is None or layer % self.num_layers() == self.num_layers() - 1
-        return self.proj_in(x) if self.proj_in is not None and last else x
+    def _encode(self, pixels: torch.Tensor, layers: Sequence[int | None], mask: torch.Tensor | None) -> list[torch.Tensor]:
+        """The MAR encoder's layers; the last one through `proj_in` when projected."""
+        sequences = super()._encode(pixels, layers, mask)
+        if self.proj_in is None:
+            return sequences
+        last = self.num_layers() - 1
+        return [self.proj_in(x) if resolve_layer(layer, self.num_layers(), self.name) == last else x
+                for x, layer in zip(sequences, layers, strict=True)]
 
     def describe(self) -> dict:
         return {**super().describe(), "projected": self.proj_in is not None}

@@ -1,7 +1,7 @@
 """DINOv2 from its Hugging Face transformers checkpoints (`facebook/dinov2-*`, `facebook/dinov2-with-registers-*`).
 
 Tokens: `last_hidden_state` (after the final layernorm) = [CLS, registers..., patches]; an earlier `layer=k` gives
-the raw output of `encoder.layer[k]`. Prefix: 1 CLS (+ the config's register tokens). Grid: H/14 x W/14 (position
+the raw output of `encoder.layer[k]` (several layers from one call). Prefix: 1 CLS (+ the config's register tokens). Grid: H/14 x W/14 (position
 embeddings are interpolated for any size, as transformers does). Poolings "cls" (default, as DINOv2's linear
 probe) and "mean". Preprocessing as DINOv2's image processor: resize the short side to 256, centre crop 224,
 bicubic, ImageNet mean/std.
@@ -9,7 +9,7 @@ bicubic, ImageNet mean/std.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +57,15 @@ class HFDinov2Encoder(Encoder):
         return last.norm1 if (pooling or self.default_pooling) == "cls" else last
 
     def forward_sequence(self, pixels: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        return self.forward_layers(pixels, [layer])[0]
+
+    def forward_layers(self, pixels: torch.Tensor, layers: Sequence[int | None]) -> list[torch.Tensor]:
+        """One call; the hidden states are kept only when a layer before the last is asked for."""
         self.grid_for(*pixels.shape[-2:])
-        index = resolve_layer(layer, self.num_layers(), self.name)
-        if index == self.num_layers() - 1:
-            return self.model(pixel_values=pixels).last_hidden_state
-        return self.model(pixel_values=pixels, output_hidden_states=True).hidden_states[index + 1]
+        last = self.num_layers() - 1
+        indices = [resolve_layer(layer, self.num_layers(), self.name) for layer in layers]
+        out = self.model(pixel_values=pixels, output_hidden_states=any(i != last for i in indices))
+        return [out.last_hidden_state if i == last else out.hidden_states[i + 1] for i in indices]
 
     def describe(self) -> dict:
         return {**super().describe(), "config": self.model.config.to_dict(), "default_pooling": self.default_pooling,

@@ -4,18 +4,21 @@ Pixels in [-1, 1] -> KL-16 posterior mode x 0.2325 -> patchify -> the unmasked M
 filled with `fake_latent` (no class label enters). Output (B, 64 + h*w, D): the 64 buffer tokens are the prefix,
 then the 16 x 16 image tokens at 256 px (D = 768 / 1024 / 1280). Poolings: "mean" of the image tokens (default) and
 "buffer_mean". Other sizes that are multiples of 16 give other grids (position embeddings resized bilinearly).
+Several layers come from one pass. With a token mask (`forward_masked_layers`) the hidden tokens are dropped before
+the encoder blocks as in MAR's generation; "mean" then averages the visible image tokens.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from diffusers import AutoencoderKL
 from torch import nn
 
+from encoders.adapters.capture import block_outputs
 from encoders.adapters.common import explain, freeze, resolve_layer
 from encoders.base import Encoder, Preprocess
 from harmon.checkpoints import CheckpointError
@@ -37,6 +40,7 @@ class MAREncoder(Encoder):
 
     poolings = ("mean", "buffer_mean")
     default_pooling = "mean"
+    masks_tokens = True
 
     def __init__(self, name: str, mar: MAR, vae: AutoencoderKL | None, image_size: int | None = None,
                  latent_scale: float = KL16_SCALE):
@@ -82,11 +86,30 @@ class MAREncoder(Encoder):
 
     def forward_sequence(self, pixels: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         """Tokens after encoder block `layer` (the last one is followed by encoder_norm)."""
+        return self.forward_layers(pixels, [layer])[0]
+
+    def forward_layers(self, pixels: torch.Tensor, layers: Sequence[int | None]) -> list[torch.Tensor]:
+        return self._encode(pixels, layers, None)
+
+    def forward_masked_layers(self, pixels: torch.Tensor, layers: Sequence[int | None],
+                              mask: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder as MAR's generation runs it: the tokens where `mask` is True are dropped before the
+        blocks, the buffers hold `fake_latent`; (B, 64 + visible, D)."""
+        return self._encode(pixels, layers, mask.to(device=pixels.device, dtype=torch.bool))
+
+    def _encode(self, pixels: torch.Tensor, layers: Sequence[int | None], mask: torch.Tensor | None) -> list[torch.Tensor]:
+        """One pass up to the deepest block asked for, the earlier ones recorded by hooks."""
         grid = self.grid_for(*pixels.shape[-2:])
-        blocks = resolve_layer(layer, self.num_layers(), self.name) + 1
+        indices = [resolve_layer(layer, self.num_layers(), self.name) for layer in layers]
+        deepest = max(indices)
         latents = pixels if self.vae is None else encode(self.vae, pixels, scale=self.latent_scale)
         tokens = self.mar.patchify(latents)
-        return self.mar.encode_features(tokens, image_shape=grid, num_blocks=blocks)
+        buffers = self.mar.fake_latent.expand(len(tokens), -1)
+        inner = sorted(set(indices) - {deepest})
+        with block_outputs([self.mar.encoder_blocks[i] for i in inner]) as captured:
+            found = {deepest: self.mar.forward_mae_encoder(tokens, mask, buffers, grid, num_blocks=deepest + 1)}
+        found.update({index: captured[position] for position, index in enumerate(inner)})
+        return [found[index] for index in indices]
 
     def describe(self) -> dict:
         latents = "pixel patches" if self.vae is None else f"posterior mode x {self.latent_scale}"

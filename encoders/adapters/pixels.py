@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from encoders.adapters.common import resolve_layer
 from encoders.base import Encoder, Preprocess
 
 
@@ -38,12 +41,18 @@ class PixelEncoder(Encoder):
         return self.identity
 
     def forward_sequence(self, pixels: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        return self.forward_layers(pixels, [layer])[0]
+
+    def forward_layers(self, pixels: torch.Tensor, layers: Sequence[int | None]) -> list[torch.Tensor]:
+        """The cells, computed once (the one layer, however often it is asked for)."""
         self.grid_for(*pixels.shape[-2:])
+        for layer in layers:
+            resolve_layer(layer, 1, self.name)
         if self.cells == "raw":
             cells = self.identity(F.pixel_unshuffle(pixels, self.patch))
         else:
             cells = self.identity(F.avg_pool2d(pixels, self.patch) if self.patch > 1 else pixels)
-        return cells.flatten(2).transpose(1, 2)
+        return [cells.flatten(2).transpose(1, 2)] * len(layers)
 
     def describe(self) -> dict:
         return {**super().describe(), "patch": self.patch, "cells": self.cells}

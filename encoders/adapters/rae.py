@@ -5,18 +5,21 @@ Tokens: the RAE latent (B, C, h, w) flattened row-major, i.e. the encoder's patc
 checkpoint's latent mean / std and scaled by its scaling factor (what the diffusion model reads). Prefix: the
 tokens RAE strips (DINOv2: CLS + 4 registers, MAE: CLS, SigLIP 2: none), unnormalised. Pooling "mean". Grid: encoder_input_size / encoder_patch_size (16 x 16 for the
 released 224 px DINOv2 and 256 px SigLIP 2 models). Preprocessing: resize to the encoder input size, the
-checkpoint's encoder mean / std. `layer=k` gives the raw output of encoder layer k (patch tokens only).
+checkpoint's encoder mean / std. `layer=k` gives the raw output of encoder layer k (patch tokens only); several
+layers come from one pass.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderRAE
 from torch import nn
 
+from encoders.adapters.capture import block_outputs
 from encoders.adapters.common import freeze, is_hub_id, load_diffusers, resolve_layer
 from encoders.base import Encoder, Preprocess
 from harmon.checkpoints import CheckpointError
@@ -77,22 +80,24 @@ class RAEEncoder(Encoder):
         return model(pixels).last_hidden_state
 
     def forward_sequence(self, pixels: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        return self.forward_layers(pixels, [layer])[0]
+
+    def forward_layers(self, pixels: torch.Tensor, layers: Sequence[int | None]) -> list[torch.Tensor]:
+        """One pass of the transformer; earlier layers recorded by hooks, the last one as the RAE latent."""
         grid = self.grid_for(*pixels.shape[-2:])
-        index = resolve_layer(layer, self.num_layers(), self.name)
-        strip = self.num_prefix_tokens
-        if index != self.num_layers() - 1:
-            captured: list[torch.Tensor] = []
-            handle = self.layers()[index].register_forward_hook(lambda module, args, out: captured.append(out))
-            try:
-                self._transformer(pixels)
-            finally:
-                handle.remove()
-            return captured[-1][0] if isinstance(captured[-1], tuple) else captured[-1]
-        sequence = self._transformer(pixels)
-        tokens = sequence[:, strip:]
-        z = tokens.transpose(1, 2).reshape(len(tokens), -1, *grid)
-        z = self.rae._normalize_latents(z) * self.rae.config.scaling_factor
-        return torch.cat([sequence[:, :strip], z.flatten(2).transpose(1, 2)], dim=1)
+        last = self.num_layers() - 1
+        indices = [resolve_layer(layer, self.num_layers(), self.name) for layer in layers]
+        inner = sorted(set(indices) - {last})
+        with block_outputs([self.layers()[i] for i in inner]) as captured:
+            sequence = self._transformer(pixels)
+        found = {index: captured[position] for position, index in enumerate(inner)}
+        if last in indices:
+            strip = self.num_prefix_tokens
+            tokens = sequence[:, strip:]
+            z = tokens.transpose(1, 2).reshape(len(tokens), -1, *grid)
+            z = self.rae._normalize_latents(z) * self.rae.config.scaling_factor
+            found[last] = torch.cat([sequence[:, :strip], z.flatten(2).transpose(1, 2)], dim=1)
+        return [found[index] for index in indices]
 
     def describe(self) -> dict:
         return {**super().describe(), "encoder_type": self.kind, "scaling_factor": self.rae.config.scaling_factor,

@@ -1,7 +1,7 @@
 """Any ViT-like timm model as an encoder (`timm:<model name>`); SigLIP builds on this.
 
 Tokens: `layer=None` (or the last block) gives `forward_features` (after the final norm); an earlier `layer=k` gives
-the raw output of `blocks[k]`, as `forward_intermediates` returns it. CLS / register tokens are the prefix. Poolings:
+the raw output of `blocks[k]`, as `forward_intermediates` returns it; several layers come from one pass. CLS / register tokens are the prefix. Poolings:
 "map" (the attention-pool head, before any classifier) where the model has one, "cls" where it has a CLS token, and
 "mean" of the patch tokens; the default follows the model's own `global_pool`. "map" on an earlier layer applies the
 head to that layer's tokens. Grad-CAM++ reads the last block, or its input for "cls" (see `cam_layer_for`).
@@ -9,7 +9,7 @@ head to that layer's tokens. Grad-CAM++ reads the last block, or its input for "
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import timm
@@ -18,6 +18,7 @@ from timm.data import resolve_data_config
 from timm.models import get_pretrained_cfg
 from torch import nn
 
+from encoders.adapters.capture import block_outputs
 from encoders.adapters.common import family, family_error, freeze, resolve_layer
 from encoders.base import Encoder, Preprocess
 from harmon.checkpoints import CheckpointError, load_file, resolve
@@ -117,13 +118,25 @@ class TimmEncoder(Encoder):
         return self.model.forward_head(sequence, pre_logits=True)
 
     def forward_sequence(self, pixels: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        return self.forward_layers(pixels, [layer])[0]
+
+    def forward_layers(self, pixels: torch.Tensor, layers: Sequence[int | None]) -> list[torch.Tensor]:
+        """One pass: with the last block requested, `forward_features` with hooks on the earlier blocks asked
+        for; otherwise `forward_intermediates`, stopping after the deepest block asked for."""
         self.grid_for(*pixels.shape[-2:])
-        index = resolve_layer(layer, self.num_layers(), self.name)
-        if index == self.num_layers() - 1:
-            return self.model.forward_features(pixels)
-        (out,) = self.model.forward_intermediates(pixels, indices=[index], return_prefix_tokens=True, norm=False,
-                                                  stop_early=True, output_fmt="NLC", intermediates_only=True)
-        return torch.cat([out[1], out[0]], dim=1) if isinstance(out, tuple) else out
+        last = self.num_layers() - 1
+        indices = [resolve_layer(layer, self.num_layers(), self.name) for layer in layers]
+        inner = sorted(set(indices) - {last})
+        if last in indices:
+            with block_outputs([self.model.blocks[i] for i in inner]) as captured:
+                found = {last: self.model.forward_features(pixels)}
+            found.update({index: captured[position] for position, index in enumerate(inner)})
+        else:
+            outs = self.model.forward_intermediates(pixels, indices=inner, return_prefix_tokens=True, norm=False,
+                                                    stop_early=True, output_fmt="NLC", intermediates_only=True)
+            found = {index: torch.cat([out[1], out[0]], dim=1) if isinstance(out, tuple) else out
+                     for index, out in zip(inner, outs, strict=True)}
+        return [found[index] for index in indices]
 
     def describe(self) -> dict:
         return {**super().describe(), "model_name": self.model_name, "default_pooling": self.default_pooling,

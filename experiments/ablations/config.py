@@ -14,6 +14,7 @@ from typing import Literal, TypeVar
 
 from experiments.ablations.mini_model import SmallLLM
 from experiments.paper import PAPER_ENCODERS, TABLE5_ENCODERS
+from experiments.pretrain.text_llm import TextPretrain
 from harmon.shapesworld import CATEGORIES
 from harmon.shapesworld.questions import NEGATIVE_STRATEGIES, QUESTION_KINDS
 from harmon.shapesworld.vocab import require_known
@@ -27,12 +28,14 @@ T = TypeVar("T")
 
 @dataclass
 class SmallModel:
-    """The small Harmon: the tiny parts of the mini Figure 2 at scale `parts`, a random `llm`, MAR sampling with
-    `diffusion_steps` steps of its diffusion head."""
+    """The small Harmon: the tiny parts of the mini Figure 2 at scale `parts`, an `llm` (random, or pretrained
+    once on ShapesWorld text by `text_pretrain` and shared by every run), MAR sampling with `diffusion_steps`
+    steps of its diffusion head."""
 
     parts: Literal["mini", "micro"]
     llm: SmallLLM = field(default_factory=SmallLLM)
     diffusion_steps: str = "25"
+    text_pretrain: TextPretrain | None = None
 
 
 @dataclass

@@ -22,7 +22,6 @@ Protocol:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from rich.table import Table
 from experiments.ablations.config import Figure6Config
 from experiments.ablations.factory import HarmonFactory
 from experiments.ablations.figure6_claims import per_item, synergy_claims
+from experiments.ablations.parallel import train_in_workers
 from experiments.ablations.report import RUNS, plot_figure6, synergy_report
 from experiments.ablations.runs import (
     RunSpec,
@@ -54,6 +54,7 @@ from experiments.ablations.scoring import (
 )
 from harmon.train.batch import TASKS
 from harmon.train.config import ModelConfig, TrainConfig
+from harmon.utils.files import atomic_write, write_json
 from harmon.utils.strict_yaml import to_dict
 
 RATIOS = {"und-only": (0, 1, 0), "gen-only": (0, 0, 1), "unified": (0, 1, 1), "decoupled": (0, 1, 1)}
@@ -147,8 +148,11 @@ def report_markdown(config: Figure6Config, curves: dict[str, dict[str, Any]], ti
 
 def run_figure6(config: Figure6Config, out_dir: str | os.PathLike, cache: str | os.PathLike | None,
                 benchmarks: BenchmarkPaths | None = None, console: Console | None = None,
-                progress: bool = True) -> dict[str, Any]:
-    """Train (or reuse / resume) the four runs per seed with evaluations on the way; write curves, figure, report."""
+                progress: bool = True, workers: int = 1, only: set[str] | None = None) -> dict[str, Any] | None:
+    """Train (or reuse / resume) the four runs per seed with evaluations on the way; write curves, figure, report.
+
+    `workers` > 1 trains the runs of a small preset in that many processes first; `only` (run folder names)
+    trains just those runs and writes nothing else (what a worker does)."""
     console = console or Console()
     began = time.perf_counter()
     out = Path(out_dir)
@@ -161,7 +165,13 @@ def run_figure6(config: Figure6Config, out_dir: str | os.PathLike, cache: str | 
     setup_s = time.perf_counter() - began
     runs: dict[str, dict[int, dict[int, dict[str, Any]]]] = {name: {} for name in config.runs}
     seconds: dict[str, float] = {}
-    for run in plan(config, factory.record(), out):
+    planned = plan(config, factory.record(), out)
+    if workers > 1 and only is None and config.model.small is not None:
+        train_in_workers(run_figure6, config, out, cache, [Path(r.train.out_dir).name for r in planned], workers,
+                         console)
+    for run in planned:
+        if only is not None and Path(run.train.out_dir).name not in only:
+            continue
         spec = run.spec
         generation = GenerationScorer(config.generation, task_world(config.data, "t2i", size), size, spec.steps,
                                       Path(run.train.out_dir) / "samples")
@@ -174,14 +184,16 @@ def run_figure6(config: Figure6Config, out_dir: str | os.PathLike, cache: str | 
         points = evaluation_points(spec.steps, run.eval_every)
         runs[spec.name][spec.seed] = {p: outcome.evaluations[p] for p in points}
         seconds[f"{spec.name}-seed{spec.seed}"] = outcome.seconds
+    if only is not None:
+        return None
     curves = curves_of(runs)
     timings = {"setup_s": setup_s, "runs_s": time.perf_counter() - began - setup_s,
                "total_s": time.perf_counter() - began, "train_s": seconds}
     out.mkdir(parents=True, exist_ok=True)
     plot_figure6(curves, out / "figure6")
     verdicts = synergy_claims(per_item(runs, METRICS, config.last), config.endpoints)
-    (out / "curves.json").write_text(json.dumps({"name": config.name, "curves": curves, "verdicts": verdicts,
-                                                 "config": to_dict(config), "timings": timings}, indent=2))
-    (out / "report.md").write_text(report_markdown(config, curves, timings, verdicts))
+    write_json(out / "curves.json", {"name": config.name, "curves": curves, "verdicts": verdicts,
+                                     "config": to_dict(config), "timings": timings})
+    atomic_write(out / "report.md", report_markdown(config, curves, timings, verdicts))
     console.print(final_table(curves))
     return {"curves": curves, "verdicts": verdicts, "timings": timings}

@@ -2,9 +2,9 @@
 
 Small (mini / micro presets): the Figure 2 tiny VAE, frozen, reads latents as `posterior mode x latent_scale`
 (the scale the tiny MAR was pretrained with); Harmon's MAR starts from the tiny MAR's masked-modelling weights,
-as the paper starts from MAR; the LLM is a small random Qwen2 with a byte-level BPE trained on ShapesWorld
-captions, questions and answers. Variants plug another encoder into the understanding path through
-`EncoderTokens` (`with_understanding`): Table 5 plugs each tiny encoder frozen (MAR too, so all four go through
+as the paper starts from MAR; the LLM is a small Qwen2 (random, or pretrained once on ShapesWorld text) with a
+byte-level BPE trained on ShapesWorld captions, questions and answers. Variants plug another encoder into the
+understanding path through `EncoderTokens` (`with_understanding`): Table 5 plugs each tiny encoder frozen (MAR too, so all four go through
 the same bridge and a fresh projector); Figure 6's decoupled run plugs the tiny SigLIP, trainable.
 
 Paper: Harmon-0.5B from Qwen2.5-0.5B-Instruct, MAR-B and KL-16 (`paper_harmon`), or only its architecture with
@@ -116,8 +116,9 @@ def small_tokenizer(vocab_size: int) -> PreTrainedTokenizerBase:
 
 
 def small_harmon(parts: TinyParts, llm: SmallLLM, tokenizer: PreTrainedTokenizerBase, image_size: int,
-                 diffusion_steps: str, seed: int) -> Harmon:
-    """The small Harmon in train mode: frozen tiny VAE, MAR from its pretraining, random LLM (from `seed`).
+                 diffusion_steps: str, seed: int, llm_state: dict[str, torch.Tensor] | None = None) -> Harmon:
+    """The small Harmon in train mode: frozen tiny VAE, MAR from its pretraining, the LLM from `llm_state` (its
+    text pretraining) or random (from `seed`).
 
     `diffusion_steps` sets MAR's sampling steps of the diffusion head (a sampling choice, not a weight).
     """
@@ -129,6 +130,8 @@ def small_harmon(parts: TinyParts, llm: SmallLLM, tokenizer: PreTrainedTokenizer
         torch.manual_seed(seed)
         model = Harmon(config, tokenizer, vae=copy.deepcopy(parts.vae))
     model.mar.load_state_dict(parts.mar_state)
+    if llm_state is not None:
+        model.llm.load_state_dict(llm_state)
     return model.train()
 
 

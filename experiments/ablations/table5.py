@@ -16,7 +16,6 @@ Protocol:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from rich.table import Table
 
 from experiments.ablations.config import Table5Config
 from experiments.ablations.factory import HarmonFactory
+from experiments.ablations.parallel import train_in_workers
 from experiments.ablations.report import plot_table5, table5_csv, table5_markdown
 from experiments.ablations.runs import RunSpec, require_sources, train_config, train_or_reuse
 from experiments.ablations.scoring import (
@@ -43,6 +43,7 @@ from experiments.ablations.table5_report import claims_markdown
 from experiments.paper import TABLE5_COLUMNS
 from harmon.shapesworld.questions import QUESTION_KINDS
 from harmon.train.config import ModelConfig, TrainConfig
+from harmon.utils.files import atomic_write, write_json
 from harmon.utils.strict_yaml import to_dict
 
 QA_KINDS = QUESTION_KINDS
@@ -161,8 +162,11 @@ def kind_table(table: dict[str, dict[str, float]]) -> list[str]:
 
 def run_table5(config: Table5Config, out_dir: str | os.PathLike, cache: str | os.PathLike | None,
                benchmarks: BenchmarkPaths | None = None, console: Console | None = None,
-               progress: bool = True) -> dict[str, Any]:
-    """Train and evaluate one understanding-only run per encoder and seed; write the table, plot and report."""
+               progress: bool = True, workers: int = 1, only: set[str] | None = None) -> dict[str, Any] | None:
+    """Train and evaluate one understanding-only run per encoder and seed; write the table, plot and report.
+
+    `workers` > 1 trains the runs of a small preset in that many processes first; `only` (run folder names)
+    trains just those runs and writes no report (what a worker does)."""
     console = console or Console()
     began = time.perf_counter()
     out = Path(out_dir)
@@ -173,8 +177,14 @@ def run_table5(config: Table5Config, out_dir: str | os.PathLike, cache: str | os
     scorer = (QAScorer(config.shapesworld, task_world(config.data, "i2t", size), size) if paths is None else
               BenchmarkScorer(config.benchmarks, paths, size))
     setup_s = time.perf_counter() - began
+    planned = plan(config, factory.record(), out)
+    if workers > 1 and only is None and config.model.small is not None:
+        train_in_workers(run_table5, config, out, cache, [Path(r.train.out_dir).name for r in planned], workers,
+                         console)
     runs: dict[str, dict[int, dict[str, Any]]] = {label: {} for label in labels(config)}
-    for run in plan(config, factory.record(), out):
+    for run in planned:
+        if only is not None and Path(run.train.out_dir).name not in only:
+            continue
         console.print(f"[bold]{run.label}[/] (seed {run.spec.seed}): {run.spec.steps} understanding iterations")
         blind = run.label == BLIND
         outcome = train_or_reuse(
@@ -183,6 +193,8 @@ def run_table5(config: Table5Config, out_dir: str | os.PathLike, cache: str | os
         runs[run.label][run.spec.seed] = {"evaluation": outcome.evaluations[run.spec.steps],
                                           "seconds": outcome.seconds, "reused": outcome.reused,
                                           "run_dir": str(outcome.run_dir)}
+    if only is not None:
+        return None
     kinds = [item["kind"] for item in scorer.items] if paths is None else None
     primary = config.endpoints.primary if paths is None else None
     per_seed = {label: [table_row(r["evaluation"], paths is None, kinds, primary) for r in seeds.values()]
@@ -209,11 +221,11 @@ def run_table5(config: Table5Config, out_dir: str | os.PathLike, cache: str | os
                "items": [{k: item[k] for k in ("kind", "question", "answer", "pope_split")} for item in scorer.items]
                if paths is None else None}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    (out / "table5.csv").write_text(table5_csv(table, columns))
-    (out / "table5.md").write_text(table5_markdown(table, columns))
+    write_json(out / "results.json", results)
+    atomic_write(out / "table5.csv", table5_csv(table, columns))
+    atomic_write(out / "table5.md", table5_markdown(table, columns))
     plot_table5(table, out / "table5", columns)
-    (out / "report.md").write_text(report_markdown(config, table, verdict, columns, timings, claims))
+    atomic_write(out / "report.md", report_markdown(config, table, verdict, columns, timings, claims))
     console.print(summary_table(table, columns))
     return results
 

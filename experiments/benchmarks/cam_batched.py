@@ -1,6 +1,7 @@
 """Grad-CAM++ throughput of `compute_cams` in batches against a loop over single images (same encoder, probe
 head and images; the maps are checked to agree), beside the batching gain of the model's own forward+backward
-(the ceiling on a CPU, where compute grows with the batch); print a table and write JSON.
+(the ceiling on a CPU, where compute grows with the batch). Each mode runs once untimed, then the modes take
+turns for `--repeats` rounds and medians are reported; print a table and write JSON.
 
     python -m experiments.benchmarks.cam_batched --out runs/benchmarks/cam_batched.json
 """
@@ -8,10 +9,6 @@ head and images; the maps are checked to agree), beside the batching gain of the
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +16,15 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from experiments.benchmarks.common import (
+    add_repeat_options,
+    add_threads_option,
+    interleave,
+    machine,
+    set_threads,
+)
 from experiments.benchmarks.extraction_throughput import SmallViT
+from harmon.utils.files import write_json
 from probe.cam import ProbeClassifier, compute_cams
 from probe.linear import LinearProbeHead
 
@@ -31,20 +36,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dim", type=int, default=192, help="ViT width")
     parser.add_argument("--depth", type=int, default=6, help="ViT blocks")
     parser.add_argument("--heads", type=int, default=3, help="ViT attention heads")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--repeats", type=int, default=2, help="timed repeats; the fastest of each is kept")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/cam_batched.json"))
+    add_threads_option(parser, default=1)
+    add_repeat_options(parser)
     return parser.parse_args()
-
-
-def timed(function, repeats: int) -> tuple[np.ndarray, float]:
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        best = min(best, time.perf_counter() - start)
-    return result, best
 
 
 def forward_backward(model: ProbeClassifier, images: torch.Tensor, batch_size: int) -> None:
@@ -56,46 +52,51 @@ def forward_backward(model: ProbeClassifier, images: torch.Tensor, batch_size: i
 
 def main() -> None:
     args = parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     encoder = SmallViT(dim=args.dim, depth=args.depth, heads=args.heads).to(args.device).eval().requires_grad_(False)
     head = LinearProbeHead(args.dim, 10).to(args.device)
+    model = ProbeClassifier(encoder, head)
     images = torch.randn(args.images, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     classes = [i % 10 for i in range(args.images)]
-    compute_cams(encoder, head, images[:2], classes[:2])  # warm-up
-    batched, batched_s = timed(lambda: compute_cams(encoder, head, images, classes, batch_size=args.batch_size),
-                               args.repeats)
-    single, single_s = timed(lambda: np.concatenate([compute_cams(encoder, head, images[i : i + 1], [c])
-                                                     for i, c in enumerate(classes)]), args.repeats)
-    one_by_one, one_by_one_s = timed(lambda: compute_cams(encoder, head, images, classes, batch_size=1), args.repeats)
-    model = ProbeClassifier(encoder, head)
-    _, model_single_s = timed(lambda: forward_backward(model, images, 1), args.repeats)
-    _, model_batched_s = timed(lambda: forward_backward(model, images, args.batch_size), args.repeats)
+    timings = interleave({
+        "batched": lambda: compute_cams(encoder, head, images, classes, batch_size=args.batch_size),
+        "single": lambda: np.concatenate([compute_cams(encoder, head, images[i : i + 1], [c])
+                                          for i, c in enumerate(classes)]),
+        "one_object_batch_1": lambda: compute_cams(encoder, head, images, classes, batch_size=1),
+        "model_batch_1": lambda: forward_backward(model, images, 1),
+        "model_batched": lambda: forward_backward(model, images, args.batch_size),
+    }, args.repeats, args.device, args.warmup)
+    batched, single, one_by_one = (timings.results[k] for k in ("batched", "single", "one_object_batch_1"))
+    batched_s, single_s, one_by_one_s = (timings.median(k) for k in ("batched", "single", "one_object_batch_1"))
     report = {
         "encoder": f"timm ViT, 32 px, patch 4, dim {args.dim}, depth {args.depth}, frozen; probe: BN + Linear",
-        "images": args.images, "batch_size": args.batch_size, "threads": args.threads, "device": args.device,
-        "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "load_average": os.getloadavg(),
+        "images": args.images, "batch_size": args.batch_size, "device": args.device, "repeats": args.repeats,
+        **machine(),
         "batched_images_per_second": args.images / batched_s, "single_images_per_second": args.images / single_s,
         "one_object_batch_1_images_per_second": args.images / one_by_one_s,
         "speedup": single_s / batched_s, "speedup_over_one_object_batch_1": one_by_one_s / batched_s,
-        "model_forward_backward_speedup": model_single_s / model_batched_s,
+        "model_forward_backward_speedup": timings.median("model_batch_1") / timings.median("model_batched"),
         "max_abs_difference": float(max(np.abs(batched - single).max(), np.abs(batched - one_by_one).max())),
+        "seconds": {name: timings.spread(name) for name in timings.seconds},
     }
-    table = Table(title=f"Grad-CAM++ on {args.images} images (32 px), ViT dim {args.dim} depth {args.depth}")
-    for column in ("mode", "images/s", "relative"):
+    table = Table(title=f"Grad-CAM++ on {args.images} images (32 px), ViT dim {args.dim} depth {args.depth}, "
+                        f"medians of {args.repeats} interleaved runs")
+    for column in ("mode", "images/s", "relative", "spread %"):
         table.add_column(column)
-    table.add_row("loop: one compute_cams call per image", f"{report['single_images_per_second']:.1f}", "1.00")
+    seconds = report["seconds"]
+    table.add_row("loop: one compute_cams call per image", f"{report['single_images_per_second']:.1f}", "1.00",
+                  f"{seconds['single']['spread_pct']:.1f}")
     table.add_row("one CAM object, batches of 1", f"{report['one_object_batch_1_images_per_second']:.1f}",
-                  f"{single_s / one_by_one_s:.2f}")
+                  f"{single_s / one_by_one_s:.2f}", f"{seconds['one_object_batch_1']['spread_pct']:.1f}")
     table.add_row(f"batches of {args.batch_size}, one CAM object", f"{report['batched_images_per_second']:.1f}",
-                  f"{report['speedup']:.2f}")
+                  f"{report['speedup']:.2f}", f"{seconds['batched']['spread_pct']:.1f}")
     table.add_row(f"model forward+backward only, batches of {args.batch_size} vs 1", "",
-                  f"{report['model_forward_backward_speedup']:.2f}")
+                  f"{report['model_forward_backward_speedup']:.2f}",
+                  f"{seconds['model_batched']['spread_pct']:.1f}")
     console = Console(width=120)
     console.print(table)
     console.print(f"largest difference between batched and single maps: {report['max_abs_difference']:.2e}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_json(args.out, report)
     console.print(f"wrote {args.out}")
 
 

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from encoders.registry import create_encoder
+from experiments.benchmarks.common import add_threads_option, set_threads
 from harmon.shapesworld.probe_sets import ProbeSet, render_set
 from harmon.utils.files import write_json
 from harmon.vae import tiny_kl16_config
@@ -73,10 +74,16 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=7, help="explained images (one per shape first)")
     parser.add_argument("--train", type=int, default=70, help="train images for the class-mean references")
+    parser.add_argument("--encoders", help="comma list of registry names to draw (default: every row)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/cam_grid_all"))
-    return parser.parse_args()
+    add_threads_option(parser, default=2)
+    args = parser.parse_args()
+    known = {name for name, _ in ROWS.values()}
+    unknown = set(args.encoders.split(",")) - known if args.encoders else set()
+    if unknown:
+        parser.error(f"unknown encoders {sorted(unknown)}; choose from {sorted(known)}")
+    return args
 
 
 def encoder_frame(encoder, mask: np.ndarray) -> np.ndarray:
@@ -122,13 +129,14 @@ def fmt(value: float | None) -> str:
 
 def main() -> None:
     args = parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
+    chosen = {label: row for label, row in ROWS.items() if not args.encoders or row[0] in args.encoders.split(",")}
     probe_set = ProbeSet("single", image_size=64)
     train = render_set(probe_set, args.seed, args.train)
     shown = render_set(probe_set, args.seed + 1, args.images)
     args.out.mkdir(parents=True, exist_ok=True)
     rows, cells, first = {}, {}, None
-    for label, (name, options) in ROWS.items():
+    for label, (name, options) in chosen.items():
         rows[label], cells[label], display = score_row(label, name, options, shown, train, args.seed)
         first = display if first is None or display.shape[1:3] == (64, 64) and first.shape[1:3] != (64, 64) else first
     size = first.shape[1:3]

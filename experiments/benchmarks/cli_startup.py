@@ -1,5 +1,6 @@
 """Start-up time of `harmon --help` and of `harmon <command> --help` for every command (median of 5 runs each),
-and which heavy libraries each one imports (none should: commands import what they need when they run).
+and which heavy libraries each one imports (none should: commands import what they need when they run); print
+a table and write JSON.
 
     python -m experiments.benchmarks.cli_startup [--repeats 5]
 """
@@ -13,6 +14,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from harmon.utils.files import write_json
 
 HEAVY = ("torch", "diffusers", "transformers", "timm", "accelerate", "matplotlib", "sklearn", "scipy")
 
@@ -54,16 +57,24 @@ def run_help(args: list[str], python: str = sys.executable) -> tuple[float, int,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="runs per command; the median is reported")
+    parser.add_argument("--commands", help="comma list of commands to time (default: all; `harmon --help` always)")
+    parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/cli_startup.json"), help="JSON output path")
     args = parser.parse_args()
+    chosen = args.commands.split(",") if args.commands else commands()
     rows = []
-    for command in [None, *commands()]:
+    for command in [None, *chosen]:
         argv = ["--help"] if command is None else [command, "--help"]
         runs = [run_help(argv) for _ in range(args.repeats)]
-        rows.append((" ".join(["harmon", *argv]), statistics.median(r[0] for r in runs), runs[0][2]))
-    width = max(len(name) for name, _, _ in rows)
+        rows.append({"command": " ".join(["harmon", *argv]), "median_s": statistics.median(r[0] for r in runs),
+                     "runs_s": [r[0] for r in runs], "exit_codes": sorted({r[1] for r in runs}),
+                     "heavy_imports": runs[0][2]})
+    width = max(len(row["command"]) for row in rows)
     print(f"{'command':<{width}}  median s  heavy imports")
-    for name, seconds, heavy in rows:
-        print(f"{name:<{width}}  {seconds:8.2f}  {', '.join(heavy) or '-'}")
+    for row in rows:
+        print(f"{row['command']:<{width}}  {row['median_s']:8.2f}  {', '.join(row['heavy_imports']) or '-'}")
+    report = {"repeats": args.repeats, "heavy": list(HEAVY), "rows": rows}
+    write_json(args.out, report)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

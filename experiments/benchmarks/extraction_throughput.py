@@ -1,19 +1,20 @@
 """Feature-cache extraction against a bare loop calling the same model on the same tensors, and the peak memory
 of extraction for a small and a large synthetic dataset (each in a fresh process); print a table, write JSON.
 
+The bare loop and the pipeline with each worker count run once untimed at the timed setting, then take turns
+for `--repeats` rounds; medians are reported.
+
     python -m experiments.benchmarks.extraction_throughput --out runs/benchmarks/extraction_throughput.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
-import os
-import platform
 import resource
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,15 @@ from rich.table import Table
 from torch import nn
 
 from encoders.base import Encoder, Preprocess
+from experiments.benchmarks.common import (
+    add_repeat_options,
+    add_threads_option,
+    interleave,
+    machine,
+    set_threads,
+)
+from harmon.utils.files import write_json
+from harmon.utils.runtime import bf16_autocast
 from probe.feature_cache import CachePlan
 from probe.features import ExtractOptions, extract_features
 
@@ -55,6 +65,12 @@ class SmallViT(Encoder):
 
     def forward_sequence(self, pixels: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         return self.vit.forward_features(pixels)
+
+
+VIT_SHAPES = {
+    "small": {"image_size": 32, "patch": 4, "dim": 192, "depth": 6, "heads": 3},
+    "b16": {"image_size": 224, "patch": 16, "dim": 768, "depth": 12, "heads": 12},
+}
 
 
 class CellProjection(Encoder):
@@ -101,34 +117,34 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2048, help="images in the throughput comparison")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--vit", choices=sorted(VIT_SHAPES), default="small",
+                        help="the random timm ViT: 'small' (32 px, patch 4, dim 192, depth 6) or 'b16' "
+                             "(ViT-B/16, 224 px)")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="autocast of both loops")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1],
-                        help="DataLoader worker counts of the pipeline (one timed run each)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the model (both runs)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the fastest of each is kept")
-    parser.add_argument("--memory-sizes", type=int, nargs="+", default=[10_000, 50_000],
-                        help="dataset sizes of the peak-RSS runs")
+                        help="DataLoader worker counts of the pipeline (one variant each)")
+    parser.add_argument("--memory-sizes", type=int, nargs="*", default=[10_000, 50_000],
+                        help="dataset sizes of the peak-RSS runs (none: skip them)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/extraction_throughput.json"))
+    add_threads_option(parser, default=1)
+    add_repeat_options(parser)
     return parser.parse_args()
 
 
-def bare_loop(encoder: Encoder, pixels: torch.Tensor, batch_size: int, device: str) -> float:
-    """Seconds to run the model over preprocessed tensors, batch by batch, with nothing else around it."""
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for i in range(0, len(pixels), batch_size):
-            encoder(pixels[i : i + batch_size].to(device)).pooled.cpu()
-    return time.perf_counter() - start
+def bare_loop(encoder: Encoder, pixels: torch.Tensor, args: argparse.Namespace) -> None:
+    """The model over preprocessed tensors, batch by batch, under the same autocast, with nothing else around it."""
+    with torch.inference_mode(), bf16_autocast(args.device, args.dtype == "bf16"):
+        for i in range(0, len(pixels), args.batch_size):
+            encoder(pixels[i : i + args.batch_size].to(args.device)).pooled.float().cpu()
 
 
-def pipeline(encoder: Encoder, dataset: SyntheticImages, workers: int, args: argparse.Namespace) -> float:
-    """Seconds for extract_features into a fresh cache (key, allocation, loading, writes, checkpoints)."""
+def pipeline(encoder: Encoder, dataset: SyntheticImages, workers: int, args: argparse.Namespace) -> None:
+    """extract_features into a fresh cache (key, allocation, loading, writes, checkpoints)."""
     with tempfile.TemporaryDirectory() as root:
-        start = time.perf_counter()
-        extract_features(encoder, dataset, CachePlan(root, "bench"),
+        extract_features(encoder, dataset, CachePlan(root, "bench", dtype=args.dtype),
                          ExtractOptions(batch_size=args.batch_size, num_workers=workers, device=args.device,
                                         progress=False))
-        return time.perf_counter() - start
 
 
 def peak_rss(count: int, batch_size: int, workers: int, queue: multiprocessing.Queue) -> None:
@@ -159,33 +175,38 @@ def measure_memory(sizes: list[int], batch_size: int, workers: int) -> list[dict
 
 def main() -> None:
     args = parse_args()
-    torch.set_num_threads(args.threads)
-    encoder = SmallViT().to(args.device).eval()
-    dataset = SyntheticImages(args.images)
+    set_threads(args.threads)
+    shape = VIT_SHAPES[args.vit]
+    encoder = SmallViT(**shape).to(args.device).eval()
+    dataset = SyntheticImages(args.images, shape["image_size"])
     pixels = torch.stack([encoder.preprocess(dataset[i][0]) for i in range(len(dataset))])
-    bare_loop(encoder, pixels[: 4 * args.batch_size], args.batch_size, args.device)  # warm-up
-    bare = min(bare_loop(encoder, pixels, args.batch_size, args.device) for _ in range(args.repeats))
-    piped = {w: min(pipeline(encoder, dataset, w, args) for _ in range(args.repeats)) for w in args.workers}
+    variants = {"bare": lambda: bare_loop(encoder, pixels, args)}
+    variants |= {f"workers_{w}": partial(pipeline, encoder, dataset, w, args) for w in args.workers}
+    timings = interleave(variants, args.repeats, args.device, args.warmup)
+    bare = timings.median("bare")
     memory = measure_memory(args.memory_sizes, args.batch_size, max(args.workers))
     report = {
-        "encoder": "small-vit (timm ViT, 32 px, patch 4, dim 192, depth 6)", "images": args.images,
-        "batch_size": args.batch_size, "threads": args.threads, "device": args.device,
-        "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "load_average": os.getloadavg(),
-        "bare_images_per_second": args.images / bare,
-        "pipeline": [{"workers": w, "images_per_second": args.images / t, "pipeline_over_bare": bare / t}
-                     for w, t in piped.items()],
+        "encoder": f"small-vit (random timm ViT, {shape['image_size']} px, patch {shape['patch']}, "
+                   f"dim {shape['dim']}, depth {shape['depth']})",
+        "vit": args.vit, "images": args.images, "batch_size": args.batch_size, "dtype": args.dtype,
+        "device": args.device, "repeats": args.repeats, **machine(),
+        "bare_images_per_second": args.images / bare, "bare_seconds": timings.spread("bare"),
+        "pipeline": [{"workers": w, "images_per_second": args.images / timings.median(f"workers_{w}"),
+                      "pipeline_over_bare": bare / timings.median(f"workers_{w}"),
+                      "seconds": timings.spread(f"workers_{w}")} for w in args.workers],
         "memory_encoder": "cell-projection (768 features)", "memory_workers": max(args.workers), "memory": memory,
-        "rss_growth_mb": memory[-1]["peak_rss_mb"] - memory[0]["peak_rss_mb"],
+        "rss_growth_mb": memory[-1]["peak_rss_mb"] - memory[0]["peak_rss_mb"] if memory else None,
     }
     console = Console(width=120)
-    table = Table(title=f"extraction of {args.images} synthetic 32 px images, batch {args.batch_size}")
-    for column in ("loop", "images/s", "relative"):
+    table = Table(title=f"extraction of {args.images} synthetic {shape['image_size']} px images, batch "
+                        f"{args.batch_size}, {args.dtype}, medians of {args.repeats} interleaved runs")
+    for column in ("loop", "images/s", "relative", "spread %"):
         table.add_column(column)
-    table.add_row("bare model loop (preprocessed tensors)", f"{report['bare_images_per_second']:.0f}", "1.00")
+    table.add_row("bare model loop (preprocessed tensors)", f"{report['bare_images_per_second']:.0f}", "1.00",
+                  f"{report['bare_seconds']['spread_pct']:.1f}")
     for row in report["pipeline"]:
         table.add_row(f"extract_features ({row['workers']} loader workers)", f"{row['images_per_second']:.0f}",
-                      f"{row['pipeline_over_bare']:.2f}")
+                      f"{row['pipeline_over_bare']:.2f}", f"{row['seconds']['spread_pct']:.1f}")
     console.print(table)
     memory_table = Table(title="peak RSS of extraction (fresh process each)")
     for column in ("images", "seconds", "peak RSS MB", "workers peak RSS MB"):
@@ -193,9 +214,9 @@ def main() -> None:
     for row in memory:
         memory_table.add_row(str(row["images"]), f"{row['seconds']:.1f}", f"{row['peak_rss_mb']:.0f}",
                              f"{row['workers_peak_rss_mb']:.0f}")
-    console.print(memory_table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    if memory:
+        console.print(memory_table)
+    write_json(args.out, report)
     console.print(f"wrote {args.out}")
 
 

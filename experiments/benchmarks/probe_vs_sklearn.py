@@ -1,5 +1,6 @@
 """Time the one-pass linear-probe sweep against scikit-learn's LogisticRegression (lbfgs) on the same
-pixel features (Fashion-MNIST when available, else scikit-learn digits); print a table and write JSON.
+pixel features (Fashion-MNIST when available, else scikit-learn digits): each runs once untimed, then the two
+take turns for `--repeats` rounds and medians are reported; print a table and write JSON.
 
     python -m experiments.benchmarks.probe_vs_sklearn --out runs/benchmarks/probe_vs_sklearn.json
 """
@@ -7,19 +8,22 @@ pixel features (Fashion-MNIST when available, else scikit-learn digits); print a
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 from rich.console import Console
 from rich.table import Table
 from threadpoolctl import threadpool_limits
 
+from experiments.benchmarks.common import (
+    add_repeat_options,
+    add_threads_option,
+    interleave,
+    machine,
+    set_threads,
+)
+from harmon.utils.files import write_json
+from harmon.utils.runtime import resolve_device
 from probe.datasets import (
     ArrayImageDataset,
     DatasetUnavailable,
@@ -44,12 +48,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--holdout-fraction", type=float, default=0.1)
     parser.add_argument("--C", type=float, default=1.0, help="inverse regularisation of LogisticRegression")
     parser.add_argument("--max-iter", type=int, default=1000, help="lbfgs iteration limit")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="CPU threads for both solvers (default: all)"
-    )
     parser.add_argument("--device", default=None, help="device of the sweep (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/probe_vs_sklearn.json"))
+    add_threads_option(parser)
+    add_repeat_options(parser)
     return parser.parse_args()
 
 
@@ -71,16 +74,9 @@ def pixel_features(dataset: ArrayImageDataset, per_class: int, seed: int) -> tup
     return dataset.images[indices].reshape(len(indices), -1).astype(np.float32) / 255.0, labels[indices]
 
 
-def timed(function: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
-    start = time.perf_counter()
-    result = function(*args, **kwargs)
-    return result, time.perf_counter() - start
-
-
 def main() -> None:
     args = parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     dataset, train, val = load_pixels(args.dataset)
     train_x, train_y = pixel_features(train, args.train_per_class, args.seed)
     val_x, val_y = pixel_features(val, args.val_per_class, args.seed)
@@ -98,10 +94,12 @@ def main() -> None:
         ),
     )
     with threadpool_limits(limits=args.threads):
-        reference, sklearn_seconds = timed(
-            sklearn_logreg_probe, train_x, train_y, val_x, val_y, C=args.C, max_iter=args.max_iter
-        )
-        sweep, sweep_seconds = timed(sweep_linear_probe, train_x, train_y, val_x, val_y, sweep_config)
+        timings = interleave({
+            "sklearn": lambda: sklearn_logreg_probe(train_x, train_y, val_x, val_y, C=args.C, max_iter=args.max_iter),
+            "sweep": lambda: sweep_linear_probe(train_x, train_y, val_x, val_y, sweep_config),
+        }, args.repeats, resolve_device(args.device), args.warmup)
+    reference, sweep = timings.results["sklearn"], timings.results["sweep"]
+    sklearn_seconds, sweep_seconds = timings.median("sklearn"), timings.median("sweep")
     report = {
         "dataset": dataset,
         "features": "pixels / 255",
@@ -109,35 +107,37 @@ def main() -> None:
         "val_samples": len(val_y),
         "dim": train_x.shape[1],
         "num_classes": len(train.classes),
-        "threads": torch.get_num_threads(),
         "device": str(sweep.head.linear.weight.device),
-        "machine": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "sklearn": {"seconds": sklearn_seconds, "C": args.C, "max_iter": args.max_iter, **reference},
-        "sweep": {"seconds": sweep_seconds, "heads": len(sweep.grid), **sweep.to_json(), **sweep.val},
+        "repeats": args.repeats,
+        **machine(),
+        "sklearn": {"seconds": sklearn_seconds, "timings": timings.spread("sklearn"), "C": args.C,
+                    "max_iter": args.max_iter, **reference},
+        "sweep": {"seconds": sweep_seconds, "timings": timings.spread("sweep"), "heads": len(sweep.grid),
+                  **sweep.to_json(), **sweep.val},
         "speedup": sklearn_seconds / sweep_seconds,
         "top1_difference": sweep.val["top1"] - reference["top1"],
     }
     table = Table(
-        title=f"{dataset}: {len(train_y)} train / {len(val_y)} val, {train_x.shape[1]} pixel features"
+        title=f"{dataset}: {len(train_y)} train / {len(val_y)} val, {train_x.shape[1]} pixel features, "
+              f"medians of {args.repeats} interleaved runs"
     )
-    for column in ("solver", "seconds", "top-1 %", "top-5 %", "notes"):
+    for column in ("solver", "seconds", "spread %", "top-1 %", "top-5 %", "notes"):
         table.add_column(column)
     table.add_row(
-        "LogisticRegression (lbfgs)", f"{sklearn_seconds:.2f}", f"{reference['top1']:.2f}", f"{reference['top5']:.2f}",
-        f"C={args.C}, {reference['iterations']} iterations",
+        "LogisticRegression (lbfgs)", f"{sklearn_seconds:.2f}", f"{report['sklearn']['timings']['spread_pct']:.1f}",
+        f"{reference['top1']:.2f}", f"{reference['top5']:.2f}", f"C={args.C}, {reference['iterations']} iterations",
     )  # fmt: skip
     table.add_row(
-        f"sweep ({len(sweep.grid)} heads, one pass)", f"{sweep_seconds:.2f}", f"{sweep.val['top1']:.2f}",
-        f"{sweep.val['top5']:.2f}", f"selected base_lr={sweep.selected.base_lr}, wd={sweep.selected.weight_decay}",
+        f"sweep ({len(sweep.grid)} heads, one pass)", f"{sweep_seconds:.2f}",
+        f"{report['sweep']['timings']['spread_pct']:.1f}", f"{sweep.val['top1']:.2f}", f"{sweep.val['top5']:.2f}",
+        f"selected base_lr={sweep.selected.base_lr}, wd={sweep.selected.weight_decay}",
     )  # fmt: skip
     console = Console(width=120)
     console.print(table)
     console.print(
         f"speed-up {report['speedup']:.1f}x, top-1 difference {report['top1_difference']:+.2f} points"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_json(args.out, report)
     console.print(f"wrote {args.out}")
 
 

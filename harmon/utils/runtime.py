@@ -1,9 +1,11 @@
-"""Where and how to compute: the device, compute dtypes by name, this process's rank under a launcher and how
-many worker processes fit on this machine. torch is imported on first use, so command-line `--help` stays fast."""
+"""Where and how to compute: the device, compute dtypes by name, bf16 autocast, this process's rank under a
+launcher and how many worker processes fit on this machine. torch is imported on first use, so command-line
+`--help` stays fast."""
 
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -80,3 +82,11 @@ def dtype_name(dtype: str | torch.dtype | None) -> str:
         return names[dtype]
     dtype_by_name(dtype)
     return dtype
+
+
+def bf16_autocast(device: str | torch.device, enabled: bool = True) -> AbstractContextManager:
+    """bf16 autocast on `device`'s type when `enabled` (weights keep their dtype), else a context that does
+    nothing."""
+    import torch
+
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)
