@@ -29,8 +29,8 @@ MUTATION_TARGETS := 'harmon.utils.schedules.*' 'harmon.train.trainer.*lr_factor*
 	'harmon.train.run_checkpoints.*read_checkpoint*' 'harmon.train.run_checkpoints.*load_part*' \
 	'harmon.checkpoints.*load_file*' 'harmon.checkpoints.*read_torch*' 'harmon.checkpoints.*unwrap_state*' \
 	'harmon.checkpoints.*tensors_only*' 'harmon.mar.*MaskedDecoding*' 'harmon.mar.*mask_schedule*' \
-	'harmon.shapesworld.scene.*relation*' 'encoders.base.*Encoder*pool*' 'probe.cam.*Probe*' 'probe.cam.*Pooled*' \
-	'probe.cam.*Cosine*' 'probe.cam.*compute_*'
+	'harmon.shapesworld.scene.*relation*' 'encoders.base.*Encoder*pool*' 'probe.cam.*compute_cams*' \
+	'probe.cam.*run_grad_cam*'
 
 mutation: $(STAMP)
 	$(BIN)/python -m pip install --quiet 'mutmut>=3.8,<4'

@@ -112,3 +112,19 @@ def test_cam_is_grad_cam_plus_plus_not_grad_cam():
     np.testing.assert_allclose(maps[0], plus, atol=1e-4)
     assert np.abs(plus - plain).max() > 0.5  # the case tells the two methods apart
     assert np.abs(maps[0] - plain).max() > 0.5
+
+
+def test_each_image_is_explained_for_its_own_class():
+    """With one class per image, every map is the one that image gets alone for its class (Grad-CAM++ by hand)."""
+    activation, grad = _case()
+    other = grad[[1, 0, 2]].copy()  # class 1: the evidence of channels 0 and 1 swapped
+    encoder = PixelEncoder(image_size=8, patch=1)
+    head = nn.Linear(3 * 64, 2, bias=False)
+    with torch.no_grad():
+        head.weight[0] = torch.from_numpy(grad.transpose(1, 2, 0).reshape(-1)).float()
+        head.weight[1] = torch.from_numpy(other.transpose(1, 2, 0).reshape(-1)).float()
+    images = torch.stack([activation, activation.flip(-1)]).float()
+    maps = compute_cams(encoder, head, images, [0, 1])
+    np.testing.assert_allclose(maps[0], grad_cam_plus_plus(images[0].double().numpy(), grad), atol=1e-4)
+    np.testing.assert_allclose(maps[1], grad_cam_plus_plus(images[1].double().numpy(), other), atol=1e-4)
+    assert np.abs(maps[1] - compute_cams(encoder, head, images[1:], 0)[0]).max() > 0.1
