@@ -23,8 +23,8 @@ StepFn = Callable[[torch.Tensor, int], torch.Tensor]
 
 @dataclass(frozen=True)
 class StepCoefficients:
-    """What one reverse step reads from the schedule (float32, 0-d): x_0 from epsilon, the posterior mean, and
-    the two ends of the learned log-variance range."""
+    """What one reverse step reads from the schedule (float32, 0-d or one per row): x_0 from epsilon, the
+    posterior mean, and the two ends of the learned log-variance range."""
 
     sqrt_recip: torch.Tensor
     sqrt_recipm1: torch.Tensor
@@ -99,6 +99,18 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, lo
     return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
 
 
+def reverse_step(output: torch.Tensor, x_t: torch.Tensor, k: StepCoefficients) -> dict[str, torch.Tensor]:
+    """A network output [eps | v] at x_t -> the reverse step's mean, learned-range log-variance and predicted x_0,
+    with the step's coefficients `k` (0-d, or gathered per row as (N, 1))."""
+    channels = x_t.shape[1]
+    eps, v = output[:, :channels], output[:, channels:]
+    frac = (v + 1) / 2
+    log_variance = frac * k.log_beta + (1 - frac) * k.min_log
+    pred_xstart = k.sqrt_recip * x_t - k.sqrt_recipm1 * eps
+    mean = k.coef1 * pred_xstart + k.coef2 * x_t
+    return {"mean": mean, "log_variance": log_variance, "pred_xstart": pred_xstart}
+
+
 def _mean_flat(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=list(range(1, x.ndim)))
 
@@ -160,18 +172,13 @@ class GaussianDiffusion:
 
     def p_mean_variance(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
         """Turn a network output [eps | v] into the reverse-step mean and log-variance."""
-        channels = x_t.shape[1]
-        eps, v = output[:, :channels], output[:, channels:]
-        min_log = self._gather(self.posterior_log_variance_clipped, t, x_t)
-        max_log = self._gather(self.log_betas, t, x_t)
-        frac = (v + 1) / 2
-        log_variance = frac * max_log + (1 - frac) * min_log
-        pred_xstart = (
-            self._gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
-            - self._gather(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
-        )
-        mean, _ = self.q_posterior(pred_xstart, x_t, t)
-        return {"mean": mean, "log_variance": log_variance, "pred_xstart": pred_xstart}
+        def g(values: np.ndarray) -> torch.Tensor:
+            return self._gather(values, t, x_t)
+
+        k = StepCoefficients(g(self.sqrt_recip_alphas_cumprod), g(self.sqrt_recipm1_alphas_cumprod),
+                             g(self.posterior_mean_coef1), g(self.posterior_mean_coef2),
+                             g(self.posterior_log_variance_clipped), g(self.log_betas))
+        return reverse_step(output, x_t, k)
 
     def _call(self, model: ModelFn, x: torch.Tensor, t: torch.Tensor, kwargs: dict) -> torch.Tensor:
         return model(x, self.timestep_map.to(t.device)[t], **kwargs)
@@ -221,17 +228,12 @@ class GaussianDiffusion:
         """Ancestral sampling from x_T = noise down to x_0; `model(x, i)` predicts [eps | v] at chain index i;
         temperature scales only the per-step noise.
 
-        Same arithmetic as `p_mean_variance` then one posterior step, with the step's coefficients looked up once.
+        Same arithmetic as `p_mean_variance` (`reverse_step`), with the step's coefficients looked up once.
         """
         x = noise
-        channels = x.shape[1]
         for i, k in reversed(list(enumerate(self.step_coefficients(x.device)))):
-            output = model(x, i).to(x.dtype)
-            eps, v = output[:, :channels], output[:, channels:]
-            frac = (v + 1) / 2
-            log_variance = frac * k.log_beta + (1 - frac) * k.min_log
-            pred_xstart = k.sqrt_recip * x - k.sqrt_recipm1 * eps
-            mean = k.coef1 * pred_xstart + k.coef2 * x
+            pred = reverse_step(model(x, i).to(x.dtype), x, k)
+            mean, log_variance = pred["mean"], pred["log_variance"]
             step_noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
             x = mean + torch.exp(0.5 * log_variance) * step_noise * temperature if i > 0 else mean
         return x

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import pickletools
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,10 +59,16 @@ def evil(tmp_path: Path, marker: Path) -> Path:
     return path
 
 
-def test_the_payload_runs_when_unpickled_without_restrictions(evil, marker):
-    """The file really is malicious: a plain unpickler creates the marker."""
-    torch.load(evil, weights_only=False)
-    assert marker.exists()
+def test_the_payload_calls_open_when_unpickled(evil, marker):
+    """The file really is malicious, read without running it: its pickle pushes `open` (pickled as `io open`)
+    and the marker's path and calls it (REDUCE)."""
+    with zipfile.ZipFile(evil) as archive:
+        data = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+    ops = list(pickletools.genops(data))
+    globals_ = {arg for op, arg, _ in ops if op.name == "GLOBAL"}
+    assert "io open" in globals_ and str(marker) in {arg for _, arg, _ in ops}
+    assert "REDUCE" in {op.name for op, _, _ in ops}
+    assert not marker.exists()
 
 
 LOADERS: dict[str, Callable[[Path], object]] = {
