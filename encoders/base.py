@@ -158,6 +158,21 @@ class Encoder(nn.Module):
             raise ValueError(f"encoder {self.name!r} cannot hide tokens; token masks (--mask-ratio) are for "
                              "MAR-family encoders (mar-b, mar-l, mar-h, harmon-*-mar)")
 
+    @property
+    def has_decoder(self) -> bool:
+        """Whether `reconstruct` can turn images into their reconstructions (autoencoders with a decoder)."""
+        return False
+
+    def reconstruct(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Preprocessed pixels (B, 3, S, S) -> their reconstructions through the encoder and its decoder, in the
+        same normalised space. Only encoders with `has_decoder` (the diffusers VAE / VQ adapters)."""
+        raise self.no_decoder_error()
+
+    def no_decoder_error(self) -> ValueError:
+        """Why this encoder cannot reconstruct, naming it and the fix."""
+        return ValueError(f"encoder {self.name!r} has no decoder, so it cannot reconstruct images; reconstruction "
+                          f"is for autoencoders (vae-*, vqgan-*): leave {self.name!r} out of the reconstruction")
+
     def map_pool(self, sequence: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"encoder {self.name!r} has no attention-pooling head; poolings: {self.poolings}")
 

@@ -32,6 +32,10 @@ Workers = Annotated[int | None, typer.Option(help="Processes training the runs o
                                              "thread each (default: the CPU cores, at most 8). Paper presets "
                                              "train one run at a time.")]
 Cache = Annotated[Path | None, typer.Option(help=CACHE_HELP)]
+LmmsEval = Annotated[str, typer.Option(
+    "--lmms-eval", help="Paper preset: 'run' scores every trained run with lmms-eval on the preset's lmms_eval "
+    "columns (needs the eval extra), 'print' prints each run's lmms-eval command and reads results already in "
+    "OUT/lmms-eval/, 'off' uses only the --pope/--mme/--gqa files.")]
 Sets = Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)]
 Table5Preset = Annotated[str, typer.Option(help=PRESET_HELP.format(kind="table5"))]
 Table5Out = Annotated[Path | None, typer.Option(help=OUT_HELP.format(kind="table5"))]
@@ -101,8 +105,11 @@ def table5(
     preset: Table5Preset = "mini", out: Table5Out = None, cache: Cache = None, set_: Sets = None,
     pope: Pope = None, pope_images: PopeImages = None, mme: Mme = None, mme_images: MmeImages = None,
     gqa: Gqa = None, gqa_images: GqaImages = None, progress: Progress = True, workers: Workers = None,
+    lmms_eval: LmmsEval = "run",
 ) -> None:
     """Table 5: train Harmon for understanding with each visual encoder (SigLIP, VQGAN, VAE, MAR) and compare."""
+    from functools import partial
+
     from experiments.ablations.config import Table5Config
     from experiments.ablations.table5 import run_table5
 
@@ -110,8 +117,9 @@ def table5(
         return (f"Table 5 ({config.name}): {len(config.encoders)} encoders x {len(config.training.seeds)} "
                 f"seed(s), {config.training.steps} understanding iterations each; writing {folder}/")
 
-    results, folder = _ablation("table5", Table5Config, run_table5, describe, preset, out, cache, set_, progress,
-                                (pope, pope_images, mme, mme_images, gqa, gqa_images), workers)
+    results, folder = _ablation("table5", Table5Config, partial(run_table5, lmms_mode=lmms_eval), describe, preset,
+                                out, cache, set_, progress, (pope, pope_images, mme, mme_images, gqa, gqa_images),
+                                workers)
     console.print(f"Wrote [bold]{folder}/[/]: results.json, table5.csv, table5.md, table5.png/.pdf and report.md "
                   f"({results['timings']['total_s']:.0f} s)")
 

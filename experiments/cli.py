@@ -131,6 +131,11 @@ from experiments.align_cli import align  # noqa: E402
 app.command()(align)
 
 
+from experiments.compare_cli import compare  # noqa: E402
+
+app.command()(compare)
+
+
 from experiments.train_cli import train  # noqa: E402
 
 app.command()(train)
@@ -140,6 +145,13 @@ from experiments.ablation_cli import figure6, table5  # noqa: E402
 
 app.command()(table5)
 app.command()(figure6)
+
+
+from experiments.evaluation_cli import fid, gen_table, geneval  # noqa: E402
+
+app.command()(geneval)
+app.command()(fid)
+app.command("gen-table")(gen_table)
 
 
 if __name__ == "__main__":

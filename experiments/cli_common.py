@@ -50,6 +50,7 @@ FIXABLE_ERRORS = (
     ("harmon.utils.files", "DiskFull"),
     ("harmon.utils.files", "PathError"),
     ("probe.datasets", "DatasetUnavailable"),
+    ("harmon.geneval_rules", "MetadataError"),
 )
 
 

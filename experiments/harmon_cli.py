@@ -56,10 +56,20 @@ def _load(checkpoint: str, llm: str | None, tokenizer: str | None, vae: str, dev
 
 
 def generate(
-    prompt: Annotated[str, typer.Argument(help="What to draw; sent as 'Generate an image: <prompt>'.")],
+    prompt: Annotated[str | None, typer.Argument(help="What to draw; sent as 'Generate an image: <prompt>'. "
+                                                      "Omit it with --prompts.")] = None,
     checkpoint: Checkpoint = "harmon-0.5b",
-    out: Annotated[Path, typer.Option(help="Output image file (PNG/JPEG); a grid when --grid > 1.")] = Path(
-        "out.png"),
+    out: Annotated[Path, typer.Option(help="Output image file (PNG/JPEG); a grid when --grid > 1. With --prompts: "
+                                           "the output folder.")] = Path("out.png"),
+    prompts: Annotated[Path | None, typer.Option(help="Batch mode: a prompt file, GenEval metadata JSONL (images in "
+                                                      "GenEval's layout) or captions for FID (a .txt list, MJHQ's "
+                                                      "meta_data.json, COCO captions JSON; a flat folder). Resumes; "
+                                                      "spreads over `accelerate launch` / `torchrun` processes.")
+                       ] = None,
+    per_prompt: Annotated[int, typer.Option(help="Batch mode, GenEval layout: images per prompt (GenEval uses 4).")
+                          ] = 4,
+    batch_size: Annotated[int, typer.Option(help="Batch mode, flat layout: captions per generation call.")] = 16,
+    limit: Annotated[int | None, typer.Option(help="Batch mode: only the first N prompts or captions.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same images.")] = 0,
     steps: Annotated[int, typer.Option(help="Masked autoregressive decoding steps.")] = 64,
     cfg: Annotated[float, typer.Option(help="Classifier-free guidance scale (1.0 disables it, halving the work).")
@@ -79,6 +89,22 @@ def generate(
 
     if grid < 1:
         raise typer.BadParameter(f"--grid {grid} must be at least 1")
+    if (prompt is None) == (prompts is None):
+        raise typer.BadParameter("give either PROMPT or --prompts FILE (exactly one)")
+    if prompts is not None:
+        from experiments.evaluation.batch import generate_batch
+        from experiments.evaluation.prompt_files import read_prompt_file
+
+        if per_prompt < 1 or batch_size < 1 or (limit is not None and limit < 1):
+            raise typer.BadParameter(f"--per-prompt {per_prompt}, --batch-size {batch_size} and --limit {limit} "
+                                     "must be positive")
+        prompt_file = read_prompt_file(prompts)
+        model = compiled_for_sampling(_load(checkpoint, llm, tokenizer, vae, device, dtype, image_size),
+                                      compile_mode, compile_backend)
+        generate_batch(model, prompt_file, out, per_prompt=per_prompt, batch_size=batch_size, limit=limit, seed=seed,
+                       steps=steps, cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature,
+                       image_size=image_size, autocast=autocast, console=err_console)
+        return
     model = compiled_for_sampling(_load(checkpoint, llm, tokenizer, vae, device, dtype, image_size), compile_mode,
                                   compile_backend)
     try:

@@ -25,3 +25,30 @@ PAPER_NOTE = ("VQGAN's MME-P 67.3 and MME-C 21.8 are as printed in the paper; bo
               "'yes' scores (500 and 200: acc 50 and acc+ 0 per category), so they are probably 673 and 218.")
 # Table 5 'Acc': ImageNet top-5 linear probing (%), the probe Figure 2 plots
 PAPER_TOP5 = {label: row["Acc"] for label, row in PAPER_TABLE5.items()}
+
+# Table 4 (GenEval; overall = mean of the six category scores), Table 3 (FID on MSCOCO-30K and MJHQ-30K), and the
+# generation columns of Tables 6 (training stages I/II/III used) and 7 (stage-III resolution), all Harmon-0.5B
+# except the Harmon-1.5B rows.
+GENEVAL_COLUMNS = ("single_object", "two_object", "counting", "colors", "position", "color_attr", "overall")
+PAPER_GENEVAL: dict[str, dict[str, float]] = {
+    "Harmon-0.5B": {"single_object": 0.99, "two_object": 0.80, "counting": 0.57, "colors": 0.87, "position": 0.55,
+                    "color_attr": 0.48, "overall": 0.71},
+    "Harmon-1.5B": {"single_object": 0.99, "two_object": 0.86, "counting": 0.66, "colors": 0.85, "position": 0.74,
+                    "color_attr": 0.48, "overall": 0.76},
+}
+PAPER_FID: dict[str, dict[str, float]] = {
+    "Harmon-0.5B": {"MSCOCO-30K": 8.86, "MJHQ-30K": 6.08},
+    "Harmon-1.5B": {"MSCOCO-30K": 8.39, "MJHQ-30K": 5.15},
+}
+# row label -> (MSCOCO-30K FID, MJHQ-30K FID, GenEval overall)
+PAPER_TABLE6: dict[str, tuple[float, float, float]] = {
+    "#1 stages II+III": (10.23, 7.56, 0.66),
+    "#2 stages I+III": (10.99, 8.12, 0.65),
+    "#3 stages I+II": (15.64, 16.85, 0.56),
+    "#4 stages I+II+III": (8.86, 6.08, 0.71),
+}
+PAPER_TABLE7: dict[str, tuple[float, float, float]] = {
+    "#1 256 px": (11.50, 9.91, 0.68),
+    "#2 384 px": (10.97, 8.65, 0.69),
+    "#3 512 px": (8.86, 6.08, 0.71),
+}

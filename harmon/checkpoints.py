@@ -9,6 +9,7 @@ Hugging Face cache) and `HF_HUB_OFFLINE=1` forbids any download. Files are read 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import functools
 import hashlib
@@ -16,10 +17,11 @@ import os
 import pickle
 import re
 import socket
+import traceback
 import urllib.parse
 import urllib.request
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +230,37 @@ def read_torch(path: str | os.PathLike) -> Any:
             f"{path} is not a PyTorch checkpoint ({type(err).__name__}: {err}); pass a .pth/.pt/.ckpt file "
             "written by torch.save, or a .safetensors file"
         ) from err
+
+
+def _causes(err: BaseException) -> Iterator[BaseException]:
+    while err is not None:
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+@contextlib.contextmanager
+def hub_format_errors(source: str | os.PathLike) -> Iterator[None]:
+    """Around a diffusers / transformers `from_pretrained` of `source`: a pickled weight file that needs code, or
+    a corrupt one, ends in a one-line CheckpointError (the libraries themselves load `.bin` files with
+    `weights_only=True`, so nothing is executed; this only names the problem)."""
+    try:
+        yield
+    except Exception as err:
+        chain = list(_causes(err))
+        refused = next((c for c in chain if isinstance(c, pickle.UnpicklingError)), None)
+        if refused is not None:
+            lines = [line.strip() for line in str(refused).splitlines() if "GLOBAL" in line]
+            raise CheckpointError(
+                f"refusing to load {source}: a pickled weight file in it would need code to unpickle"
+                f"{' (' + lines[0] + ')' if lines else ''}. Only load folders you trust; re-save them with "
+                "safe_serialization=True (model.safetensors) and pass that folder instead.") from err
+        if any(isinstance(c, (EOFError, zipfile.BadZipFile)) or type(c).__name__ == "SafetensorError"
+               or (isinstance(c, RuntimeError) and "PytorchStreamReader" in str(c)) for c in chain) or any(
+                frame.f_code.co_name == "load_state_dict" for frame, _ in traceback.walk_tb(err.__traceback__)):
+            raise CheckpointError(f"a weight file in {source} is corrupt or truncated "
+                                  f"({(str(chain[-1]).splitlines() or [type(chain[-1]).__name__])[0]}); "
+                                  "download the folder again") from err
+        raise
 
 
 def tensors_only(state: Mapping[str, Any], what: str) -> dict[str, torch.Tensor]:

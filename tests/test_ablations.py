@@ -25,6 +25,7 @@ from experiments.ablations.config import Figure6Config, Table5Config, load_ablat
 from experiments.ablations.factory import HarmonFactory
 from experiments.ablations.mini_model import load_tiny_parts
 from experiments.ablations.scoring import BenchmarkPaths
+from harmon.checkpoints import CheckpointError
 from harmon.utils.strict_yaml import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,6 +117,36 @@ def test_table5_micro_writes_every_output(table5_out, cache):
         assert all(torch.equal(v, parts.encoders[label].state_dict()[k]) for k, v in frozen.items()), label
         start = load_file(str(run / "checkpoints" / "iter_00000003" / "model.safetensors"))
         assert not torch.equal(start["understanding.proj.0.weight"], final["understanding.proj.0.weight"])
+
+
+def test_a_table5_run_folder_loads_back_and_answers_as_it_did_after_training(table5_out):
+    from experiments.ablations.run_model import load_run
+    from experiments.ablations.scoring import QAScorer, task_world
+
+    config = load_ablation(Table5Config, "table5", "micro")
+    size = config.model.image_size
+    scorer = QAScorer(config.shapesworld, task_world(config.data, "i2t", size), size)
+    models = {}
+    for label in ("MAR", "blind"):
+        run = table5_out / "runs" / f"{label}-seed0"
+        recorded = [json.loads(line) for line in (run / "evaluations.jsonl").read_text().splitlines()][-1]
+        models[label] = model = load_run(run)
+        assert type(model.understanding.encoder).__name__ == ("BlindTokens" if label == "blind" else "EncoderTokens")
+        assert scorer(model, config.training.steps)["qa_correct"] == recorded["qa_correct"], label
+    with pytest.raises(CheckpointError, match="no table5-run.json"):
+        load_run(table5_out)
+    lmms_eval = pytest.importorskip("lmms_eval.models", reason="lmms-eval is the `eval` extra")
+    from lmms_eval.api.instance import Instance
+
+    lm = lmms_eval.get_model("harmon").create_from_arg_string(f"run={table5_out / 'runs' / 'MAR-seed0'}",
+                                                              {"device": "cpu", "batch_size": 4})
+    item = scorer.items[0]
+    lm.task_dict = {"shapes": {"test": [item]}}
+    request = Instance("generate_until", (item["question"], {"max_new_tokens": 3}, lambda doc: [doc["image"]], 0,
+                                          "shapes", "test"), 0, {"task": "shapes", "doc_id": 0, "repeats": 1})
+    assert lm.image_size == size
+    assert lm.generate_until([request]) == models["MAR"].answer(item["image"], item["question"], max_new_tokens=3,
+                                                                image_size=size)
 
 
 # ------------------------------------------------------------------------------------------------ Figure 6
@@ -254,8 +285,10 @@ def test_paper_encoders_plug_into_harmon_05b_on_meta():
 
 
 def test_paper_preset_refuses_missing_benchmarks(tmp_path):
-    done = harmon("table5", "--preset", "paper", "--out", str(tmp_path / "t5"))
+    done = harmon("table5", "--preset", "paper", "--out", str(tmp_path / "t5"), "--lmms-eval", "off")
     assert done.returncode == 2 and "--pope" in done.stdout and "none was given" in done.stdout
+    done = harmon("table5", "--preset", "paper", "--out", str(tmp_path / "t5"))  # lmms-eval gives the columns
+    assert done.returncode == 2 and "data.sources[0].path" in done.stdout and "none was given" not in done.stdout
     (tmp_path / "pope.jsonl").write_text("")
     done = harmon("figure6", "--preset", "paper", "--out", str(tmp_path / "f6"), "--pope", str(tmp_path / "pope.jsonl"))
     assert done.returncode == 2 and "--pope-images" in done.stdout

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_encoders import NAMES, tiny
 
 from probe.cam import (
     CosineTarget,
@@ -17,6 +16,7 @@ from probe.cam import (
     run_grad_cam,
 )
 from probe.linear import LinearProbeHead
+from tests.test_encoders import NAMES, tiny
 
 CASES = [(name, pooling) for name in NAMES for pooling in tiny(name)[0].poolings]
 

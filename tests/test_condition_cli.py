@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
-from test_encoders import TINY_KL, TINY_MAR
-from test_probe_cli import finish, harmon
 from typer.testing import CliRunner
 
 from experiments.cli import app
+from tests.test_encoders import TINY_KL, TINY_MAR
+from tests.test_probe_cli import finish, harmon
 
 VIT = "timm:test_vit.r160_in1k"  # timm's 6-block test ViT (64 wide, 160 px), random weights
 MAR_OPTIONS = json.dumps({"config": TINY_MAR, "vae_config": TINY_KL})  # a 2-block MAR over a tiny KL-16

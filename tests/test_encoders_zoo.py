@@ -13,14 +13,6 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderRAE
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from safetensors.torch import load_file, save_file
-from test_encoders import (
-    TINY_DIFFUSERS_KL,
-    TINY_HF_DINOV2,
-    TINY_MAR,
-    TINY_RAE_DINOV2,
-    TINY_RAE_MAE,
-    TINY_VIT14,
-)
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
@@ -32,6 +24,14 @@ from harmon import checkpoints
 from harmon.checkpoints import CheckpointError
 from harmon.mar import MAR, mar_config
 from harmon.vae import build_kl16, diffusers_to_ldm, save_kl16_safetensors, tiny_kl16_config
+from tests.test_encoders import (
+    TINY_DIFFUSERS_KL,
+    TINY_HF_DINOV2,
+    TINY_MAR,
+    TINY_RAE_DINOV2,
+    TINY_RAE_MAE,
+    TINY_VIT14,
+)
 
 HEADS = {"encoder_num_heads": 2, "decoder_num_heads": 2}
 

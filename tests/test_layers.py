@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_encoders import NAMES, tiny
 from torch import nn
 
 from encoders.adapters.conv import ConvLatentEncoder
@@ -22,6 +21,7 @@ from harmon.vae import encode
 from probe.datasets import ArrayImageDataset
 from probe.feature_cache import CachePlan
 from probe.features import ExtractOptions, extract_features, extract_layer_features
+from tests.test_encoders import NAMES, tiny
 
 FAMILIES = ["siglip-b16", "dinov2-s", "vae-kl16", "vqgan-taming-f16-16384", "mar-b", "harmon-0.5b-mar", "pixels",
             "dinov2-s-hf", "rae-dinov2-b"]

@@ -9,14 +9,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from test_encoders import tiny
-from test_layers import Images
 
 from encoders.masking import check_mask_ratio, hidden_count, token_masks
 from harmon.vae import encode
 from probe.conditions import Conditions
 from probe.feature_cache import CachePlan
 from probe.features import ExtractOptions, extract_features, extract_layer_features
+from tests.test_encoders import tiny
+from tests.test_layers import Images
 
 OPTIONS = ExtractOptions(batch_size=7, num_workers=0, device="cpu", progress=False)
 

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
     ("notebook", "outputs"),
     [("01_figure2_probing.ipynb", ["probe_bars.png", "probe_bars.pdf"]),
      ("02_attribution.ipynb", ["cam_grid.png", "cam_grid.pdf"]),
-     ("03_ablations.ipynb", ["table5.png", "table5.pdf", "figure6.png", "figure6.pdf"])],
+     ("03_ablations.ipynb", ["table5.png", "table5.pdf", "figure6.png", "figure6.pdf"]),
+     ("04_compare.ipynb", ["pareto.png", "pareto.pdf", "compare-micro/report.md", "compare-micro/results.json"])],
 )
 def test_notebook_runs_at_micro_scale(notebook, outputs, tmp_path, monkeypatch):
     monkeypatch.setenv("HARMON_NOTEBOOK_SCALE", "micro")

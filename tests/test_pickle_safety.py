@@ -5,8 +5,8 @@ checkpoint), the hub-format folders read through diffusers / transformers, and N
 
 from __future__ import annotations
 
+import io
 import json
-import pickle
 import pickletools
 import zipfile
 from collections.abc import Callable
@@ -17,10 +17,10 @@ import pytest
 import torch
 from diffusers import VQModel
 from safetensors.torch import save_file
-from transformers import Dinov2Config, Dinov2Model
+from transformers import Dinov2Config, Dinov2Model, Qwen2Config, Qwen2ForCausalLM
 
 from encoders.registry import create_encoder
-from harmon.checkpoints import CheckpointError, load_file, read_torch
+from harmon.checkpoints import CheckpointError, hub_format_errors, load_file, read_torch
 from harmon.harmon_loading import load_harmon
 from harmon.mar_loading import load_mar
 from harmon.train.build import build_model
@@ -152,8 +152,9 @@ def test_diffusers_folders_refuse_a_pickled_bin(tmp_path, marker):
             down_block_types=("DownEncoderBlock2D",) * 2,
             up_block_types=("UpDecoderBlock2D",) * 2).save_pretrained(folder, safe_serialization=False)
     torch.save({"encoder.conv_in.weight": CodeOnLoad(marker)}, folder / "diffusion_pytorch_model.bin")
-    with pytest.raises((CheckpointError, OSError)):
+    with pytest.raises(CheckpointError, match="refusing to load .*GLOBAL .*open") as caught:
         create_encoder("vqgan-diffusers", weights=str(folder))
+    assert str(folder) in str(caught.value) and "\n" not in str(caught.value)
     assert not marker.exists()
 
 
@@ -165,8 +166,37 @@ def test_transformers_folders_refuse_a_pickled_bin(tmp_path, marker):
     for weights in folder.glob("*.safetensors"):
         weights.unlink()
     torch.save({"embeddings.cls_token": CodeOnLoad(marker)}, folder / "pytorch_model.bin")
-    with pytest.raises((CheckpointError, OSError, pickle.UnpicklingError)):
+    with pytest.raises(CheckpointError, match="refusing to load .*GLOBAL .*open") as caught:
         create_encoder("dinov2-s-hf", weights=str(folder))
+    assert str(folder) in str(caught.value) and "\n" not in str(caught.value)
+    assert not marker.exists()
+
+
+def test_transformers_folders_name_a_truncated_bin(tmp_path):
+    folder = tmp_path / "dinov2"
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                          image_size=56, patch_size=14)
+    Dinov2Model(config).save_pretrained(folder)
+    for weights in folder.glob("*.safetensors"):
+        weights.unlink()
+    buffer = io.BytesIO()
+    torch.save(Dinov2Model(config).state_dict(), buffer)
+    (folder / "pytorch_model.bin").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated.*download the folder again"):
+        create_encoder("dinov2-s-hf", weights=str(folder))
+
+
+def test_the_stage_one_llm_folder_refuses_a_pickled_bin(tmp_path, marker):
+    folder = tmp_path / "qwen"
+    config = Qwen2Config(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, vocab_size=64)
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    for weights in folder.glob("*.safetensors"):
+        weights.unlink()
+    torch.save({"model.embed_tokens.weight": CodeOnLoad(marker)}, folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        with hub_format_errors(str(folder)):
+            Qwen2ForCausalLM.from_pretrained(str(folder))
     assert not marker.exists()
 
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_encoders import NAMES, tiny
 from torch import nn
 
 from encoders.adapters.pixels import PixelEncoder
 from probe.cam import compute_cams
+from tests.test_encoders import NAMES, tiny
 
 TINY_BUFFERS = 4  # the tiny MAR configurations' buffer_size (64 in the released MARs)
 

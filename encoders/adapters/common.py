@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from harmon.checkpoints import CheckpointError, hub_local_only, hub_missing, load_file
+from harmon.checkpoints import CheckpointError, hub_format_errors, hub_local_only, hub_missing, load_file
 
 # family -> (what it is, the encoders that load it)
 FAMILIES = {
@@ -122,8 +122,9 @@ def load_diffusers(cls: type, source: str, subfolder: str | None = None) -> Any:
     found = config.get("_class_name")
     if found != cls.__name__:
         raise CheckpointError(f"{source} holds a diffusers {found}, not a {cls.__name__}")
-    model, info = cls.from_pretrained(source, subfolder=subfolder, local_files_only=local_only,
-                                      output_loading_info=True)
+    with hub_format_errors(source):
+        model, info = cls.from_pretrained(source, subfolder=subfolder, local_files_only=local_only,
+                                          output_loading_info=True)
     problems = {k: v for k, v in info.items() if v}
     if problems:
         raise CheckpointError(f"{source} does not match its {cls.__name__} config: {problems}")

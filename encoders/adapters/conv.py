@@ -82,6 +82,21 @@ class ConvLatentEncoder(Encoder):
     def forward_sequence(self, pixels: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         return self.forward_layers(pixels, [layer])[0]
 
+    def keep_decoder(self, autoencoder: nn.Module) -> None:
+        """Keep the whole autoencoder for `reconstruct`, outside the module tree: the decoder is no part of the
+        features, so it stays out of `state_dict`, the weights digest (feature-cache keys) and `.to()`."""
+        self._autoencoder = (autoencoder.requires_grad_(False).eval(),)
+
+    @property
+    def has_decoder(self) -> bool:
+        return getattr(self, "_autoencoder", None) is not None
+
+    def autoencoder_on(self, pixels: torch.Tensor) -> nn.Module:
+        """The kept autoencoder on the device of `pixels` (moved there on first use)."""
+        if not self.has_decoder:
+            raise self.no_decoder_error()
+        return self._autoencoder[0].to(pixels.device)
+
     def describe(self) -> dict:
         return {**super().describe(), "feature": self.feature, "stride": self.stride,
                 "layers": "stage k of down_blocks + mid_block, average-pooled to the latent grid"}

@@ -18,7 +18,7 @@ from torch import nn
 
 from encoders.adapters.common import freeze, is_hub_id, resolve_layer
 from encoders.base import Encoder, Preprocess
-from harmon.checkpoints import CheckpointError, hub_local_only, hub_missing
+from harmon.checkpoints import CheckpointError, hub_format_errors, hub_local_only, hub_missing
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -87,8 +87,9 @@ def load_hf_dinov2(source: str, registers: bool, name: str) -> nn.Module:
                               "(e.g. facebook/dinov2-small)")
     local_only = not local.is_dir() and hub_local_only()
     try:
-        model, info = model_cls.from_pretrained(str(local) if local.is_dir() else source, local_files_only=local_only,
-                                                output_loading_info=True)
+        with hub_format_errors(source):
+            model, info = model_cls.from_pretrained(str(local) if local.is_dir() else source,
+                                                    local_files_only=local_only, output_loading_info=True)
     except OSError as err:
         if local.is_dir():
             raise CheckpointError(f"{name}: {source} is not a transformers checkpoint folder "

@@ -63,6 +63,11 @@ class MAREncoder(Encoder):
         vae_stride = 1 if vae is None else 2 ** (len(vae.config.block_out_channels) - 1)
         self.stride = vae_stride * mar.config.patch_size
 
+    def no_decoder_error(self) -> ValueError:
+        return ValueError(f"encoder {self.name!r} (MAR) cannot reconstruct images: its features never decode to "
+                          "pixels, and its generative path (the MAR decoder and diffusion head, dropped here) samples "
+                          "latents rather than reconstructing them; measure its VAE instead (e.g. vae-kl16)")
+
     def grid_for(self, height: int, width: int) -> tuple[int, int]:
         s = self.stride
         if height % s or width % s:

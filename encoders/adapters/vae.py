@@ -28,13 +28,20 @@ from harmon.vae import build_kl16, diffusers_to_ldm, ldm_to_diffusers, load_kl16
 
 
 class VAEEncoder(ConvLatentEncoder):
-    """The encoder half of a diffusers `AutoencoderKL`; the decoder is dropped."""
+    """The encoder half of a diffusers `AutoencoderKL`; the decoder is kept only for `reconstruct`."""
 
     features = ("posterior_mean", "last_block")
 
     def __init__(self, name: str, vae: AutoencoderKL, feature: str = "posterior_mean", image_size: int = 256):
         super().__init__(name, vae.encoder, vae.quant_conv, feature, image_size)
         self.latent_channels = vae.config.latent_channels
+        self.keep_decoder(vae)
+
+    @torch.no_grad()
+    def reconstruct(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Decode the posterior mean (no sampling), as reconstruction metrics of a KL autoencoder are taken."""
+        vae = self.autoencoder_on(pixels)
+        return vae.decode(vae.encode(pixels).latent_dist.mode()).sample
 
     def latent(self, moments: torch.Tensor) -> torch.Tensor:
         return moments[:, : self.latent_channels]

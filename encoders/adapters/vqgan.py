@@ -40,7 +40,7 @@ QUANTIZER = "quantize.embedding.weight"
 
 
 class VQEncoder(ConvLatentEncoder):
-    """The encoder, quant_conv and codebook of a diffusers `VQModel`; the decoder is dropped."""
+    """The encoder, quant_conv and codebook of a diffusers `VQModel`; the decoder is kept only for `reconstruct`."""
 
     features = ("prequant", "quantized", "last_block")
 
@@ -49,6 +49,14 @@ class VQEncoder(ConvLatentEncoder):
         super().__init__(name, model.encoder, model.quant_conv, feature, image_size)
         self.codebook = model.quantize.embedding.requires_grad_(False)
         self.l2_norm = l2_norm
+        self.keep_decoder(model)
+
+    @torch.no_grad()
+    def reconstruct(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Encode, snap every position to its nearest code (L2-normalised for LlamaGen, as the features), decode."""
+        model = self.autoencoder_on(pixels)
+        codes = quantize(model.encode(pixels).latents, self.codebook.weight.to(pixels.device), self.l2_norm)
+        return model.decode(codes, force_not_quantize=True).sample
 
     def latent(self, h: torch.Tensor) -> torch.Tensor:
         return quantize(h, self.codebook.weight, self.l2_norm) if self.feature == "quantized" else h

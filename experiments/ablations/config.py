@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from experiments.ablations.mini_model import SmallLLM
-from experiments.paper import PAPER_ENCODERS, TABLE5_ENCODERS
+from experiments.evaluation.settings import DetectorGenEval, FidEval
+from experiments.paper import PAPER_ENCODERS, TABLE5_COLUMNS, TABLE5_ENCODERS
 from experiments.pretrain.text_llm import TextPretrain
 from harmon.shapesworld import CATEGORIES
 from harmon.shapesworld.questions import NEGATIVE_STRATEGIES, QUESTION_KINDS
@@ -179,6 +180,8 @@ class GenerationEval:
     cfg: float = 3.0
     temperature: float = 1.0
     batch_size: int = 24
+    geneval: DetectorGenEval = field(default_factory=DetectorGenEval)
+    fid: FidEval = field(default_factory=FidEval)
 
     def __post_init__(self) -> None:
         require_known("generation category", self.categories, CATEGORIES)
@@ -194,9 +197,42 @@ class BenchmarkEval:
 
 
 @dataclass
+class LmmsColumn:
+    """One Table 5 column from lmms-eval: its `task`, the `metric` read from its results JSON, and `scale`, the
+    factor to the paper's scale (x 100 for a fraction)."""
+
+    task: str
+    metric: str
+    scale: float = 1.0
+
+
+@dataclass
+class LmmsEvalSection:
+    """The Table 5 columns lmms-eval scores on every run folder (`columns`: paper column -> task and metric),
+    `batch_size` questions per batch, `processes` GPUs (`accelerate launch`), at most `limit` documents per task
+    (None: all), extra task folders (`include_path`) and the weights' `dtype`."""
+
+    columns: dict[str, LmmsColumn]
+    batch_size: int = 16
+    processes: int = 1
+    limit: int | None = None
+    include_path: list[str] = field(default_factory=list)
+    dtype: Literal["bf16", "fp32", "fp16"] = "bf16"
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.columns if c not in TABLE5_COLUMNS[1:]]
+        if unknown or not self.columns:
+            raise ConfigError(f"lmms_eval.columns: unknown or no columns {unknown}; use the paper's "
+                              f"{list(TABLE5_COLUMNS[1:])}")
+        if self.batch_size < 1 or self.processes < 1 or (self.limit is not None and self.limit < 1):
+            raise ConfigError("lmms_eval: batch_size, processes and limit (when given) must be >= 1")
+
+
+@dataclass
 class Table5Config:
     """Understanding-only training (ratio 0:1:0) with each encoder plugged, frozen, for understanding; `blind`
-    names the encoder whose token shape a blind run (image tokens zeroed) copies (None: no blind run)."""
+    names the encoder whose token shape a blind run (image tokens zeroed) copies (None: no blind run); paper presets
+    may score the runs with lmms-eval (`lmms_eval`) beside the file-based benchmarks."""
 
     name: str
     model: ModelSection
@@ -205,6 +241,7 @@ class Table5Config:
     encoders: list[str] = field(default_factory=lambda: list(TABLE5_ENCODERS))
     shapesworld: QAEval | None = None
     benchmarks: BenchmarkEval | None = None
+    lmms_eval: LmmsEvalSection | None = None
     blind: str | None = None
     endpoints: Table5Endpoints = field(default_factory=Table5Endpoints)
     close: float = 5.0
@@ -216,6 +253,8 @@ class Table5Config:
             raise ConfigError(f"encoders: {unknown} are not in model.encoders ({list(self.model.encoders)})")
         if (self.shapesworld is None) == (self.benchmarks is None):
             raise ConfigError("give exactly one of shapesworld (small presets) and benchmarks (paper presets)")
+        if self.lmms_eval is not None and self.benchmarks is None:
+            raise ConfigError("lmms_eval scores the public benchmarks: give it with benchmarks (paper presets)")
         if self.blind is not None and self.blind not in self.model.encoders:
             raise ConfigError(f"blind: {self.blind!r} (the encoder whose token shape the blind run copies) is not "
                               f"in model.encoders ({list(self.model.encoders)})")

@@ -11,7 +11,9 @@ Protocol:
 - All runs train the module groups of `training.trainable` with the same learning rates (a group a task does
   not reach gets no gradient); the decoupled run also trains `understanding` (its encoder and projector).
 - Understanding is scored on held-out ShapesWorld QA (accuracy; paper: the mean of the public benchmarks given),
-  generation on ShapesWorld GenEval-style prompts (overall score, checked by the exact ShapesWorld detector);
+  generation on ShapesWorld GenEval-style prompts (overall score, checked by the exact ShapesWorld detector), or,
+  with `generation.geneval.metadata` (the paper preset), on GenEval's own prompts scored by the published protocol
+  (Mask2Former + CLIP, `experiments/ablations/geneval_scoring.py`), plus FID with `generation.fid`;
   und-only is scored on understanding only, gen-only on generation only.
 - Every evaluation keeps each question's and each prompt's score; the verdicts (`figure6_claims`) pair the runs
   on those shared items (the mean of the last `last` evaluations per item): per seed a paired bootstrap, across
@@ -34,6 +36,7 @@ from rich.table import Table
 from experiments.ablations.config import Figure6Config
 from experiments.ablations.factory import HarmonFactory
 from experiments.ablations.figure6_claims import per_item, synergy_claims
+from experiments.ablations.geneval_scoring import DetectorGenerationScorer
 from experiments.ablations.parallel import train_in_workers
 from experiments.ablations.report import RUNS, plot_figure6, synergy_report
 from experiments.ablations.runs import (
@@ -173,8 +176,11 @@ def run_figure6(config: Figure6Config, out_dir: str | os.PathLike, cache: str | 
         if only is not None and Path(run.train.out_dir).name not in only:
             continue
         spec = run.spec
-        generation = GenerationScorer(config.generation, task_world(config.data, "t2i", size), size, spec.steps,
-                                      Path(run.train.out_dir) / "samples")
+        samples = Path(run.train.out_dir) / "samples"
+        generation = (DetectorGenerationScorer(config.generation, size, spec.steps, samples)
+                      if config.generation.geneval.metadata is not None else
+                      GenerationScorer(config.generation, task_world(config.data, "t2i", size), size, spec.steps,
+                                       samples))
         hooks = {"understanding": understanding, "generation": generation}
         evaluate = combine(*(hooks[m] for m in METRICS[spec.name]))
         console.print(f"[bold]{RUNS[spec.name]}[/] (seed {spec.seed}): {spec.steps} iterations, evaluated every "

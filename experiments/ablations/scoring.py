@@ -94,8 +94,9 @@ class BenchmarkPaths:
     gqa: Path | None = None
     gqa_images: Path | None = None
 
-    def given(self) -> dict[str, tuple[Path, Path | None]]:
-        """Benchmark -> (questions, images), after checking that what is given is complete and exists."""
+    def given(self, required: bool = True) -> dict[str, tuple[Path, Path | None]]:
+        """Benchmark -> (questions, images), after checking that what is given is complete and exists; none
+        given is an error when `required` (no lmms-eval columns)."""
         pairs = {"pope": (self.pope, self.pope_images, True), "mme": (self.mme, self.mme_images, False),
                  "gqa": (self.gqa, self.gqa_images, True)}
         chosen = {}
@@ -110,7 +111,7 @@ class BenchmarkPaths:
                 if path is not None and not path.exists():
                     raise ConfigError(f"{option} {path} does not exist")
             chosen[name] = (questions, images)
-        if not chosen:
+        if not chosen and required:
             raise ConfigError("the paper preset evaluates on the public benchmarks: pass at least one of --pope PATH "
                               "--pope-images DIR, --mme DIR, --gqa PATH --gqa-images DIR (none was given)")
         return chosen
@@ -133,7 +134,7 @@ class BenchmarkScorer:
             else:
                 row[name] = result["score"]
                 unit.append(result["score"] / 100)
-        return {**row, "understanding": sum(unit) / len(unit)}
+        return {**row, "understanding": sum(unit) / len(unit)} if unit else row
 
 
 def combine(*scorers: Any) -> Any:

@@ -25,10 +25,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from experiments.ablations.config import Table5Config
+from experiments.ablations.config import LmmsEvalSection, Table5Config
 from experiments.ablations.factory import HarmonFactory
+from experiments.ablations.lmms_table import LMMS_MODES, check_tasks, lmms_scores, lmms_tasks, primary_score
 from experiments.ablations.parallel import train_in_workers
 from experiments.ablations.report import plot_table5, table5_csv, table5_markdown
+from experiments.ablations.run_model import write_run_record
 from experiments.ablations.runs import RunSpec, require_sources, train_config, train_or_reuse
 from experiments.ablations.scoring import (
     BenchmarkPaths,
@@ -44,7 +46,8 @@ from experiments.paper import TABLE5_COLUMNS
 from harmon.shapesworld.questions import QUESTION_KINDS
 from harmon.train.config import ModelConfig, TrainConfig
 from harmon.utils.files import atomic_write, write_json
-from harmon.utils.strict_yaml import to_dict
+from harmon.utils.runtime import rank, world_size
+from harmon.utils.strict_yaml import ConfigError, to_dict
 
 QA_KINDS = QUESTION_KINDS
 SMALL_COLUMNS = ("Acc", "POPE", "QA", "Primary", "Gain")
@@ -54,7 +57,8 @@ BENCHMARK_COLUMNS = {"pope": "POPE", "mme_p": "MME-P", "mme_c": "MME-C", "gqa": 
 def table_row(evaluation: dict[str, Any], shapesworld: bool, kinds: list[str] | None = None,
               primary: list[str] | None = None) -> dict[str, float]:
     """Table 5 cells of one evaluation: ShapesWorld (x 100; `Primary` is the accuracy over the questions of the
-    `primary` kinds, `kinds` giving each question's kind) or benchmark scores, and `score` (the primary)."""
+    `primary` kinds, `kinds` giving each question's kind) or benchmark scores, and `score` (the primary; NaN when
+    no benchmark file was scored)."""
     if shapesworld:
         row = {"QA": 100 * evaluation["understanding"]}
         row |= {f"QA-{k}": 100 * evaluation[f"qa_{k}"] for k in QA_KINDS if f"qa_{k}" in evaluation}
@@ -65,7 +69,26 @@ def table_row(evaluation: dict[str, Any], shapesworld: bool, kinds: list[str] | 
             row["Primary"] = 100 * mean(hits)
         return {**row, "score": row.get("Primary", row["QA"])}
     row = {column: evaluation[key] for key, column in BENCHMARK_COLUMNS.items() if key in evaluation}
-    return {**row, "score": 100 * evaluation["understanding"]}
+    return {**row, "score": 100 * evaluation["understanding"] if "understanding" in evaluation else float("nan")}
+
+
+def with_lmms(row: dict[str, float], lmms: dict[str, float] | None) -> dict[str, float]:
+    """A benchmark row with the lmms-eval columns laid over it (they win where both measured a column); the
+    primary score becomes the mean of every column on a 0-100 scale."""
+    if not lmms:
+        return row
+    merged = {**row, **lmms}
+    return {**merged, "score": primary_score({k: v for k, v in merged.items() if k in TABLE5_COLUMNS})}
+
+
+def require_lmms_tasks(section: LmmsEvalSection) -> None:
+    """Refuse, before training, an lmms-eval that is not installed or tasks it does not know."""
+    try:
+        import lmms_eval  # noqa: F401
+    except ImportError as error:
+        raise ConfigError("lmms_eval: lmms-eval is not installed; install it with `pip install "
+                          "'harmon-toolkit[eval]'` or pass --lmms-eval off") from error
+    check_tasks(lmms_tasks(section), section.include_path)
 
 
 def ordering_verdict(scores: dict[str, float], close: float, margin: float) -> dict[str, Any]:
@@ -162,16 +185,24 @@ def kind_table(table: dict[str, dict[str, float]]) -> list[str]:
 
 def run_table5(config: Table5Config, out_dir: str | os.PathLike, cache: str | os.PathLike | None,
                benchmarks: BenchmarkPaths | None = None, console: Console | None = None,
-               progress: bool = True, workers: int = 1, only: set[str] | None = None) -> dict[str, Any] | None:
+               progress: bool = True, workers: int = 1, only: set[str] | None = None, lmms_mode: str = "run"
+               ) -> dict[str, Any] | None:
     """Train and evaluate one understanding-only run per encoder and seed; write the table, plot and report.
 
     `workers` > 1 trains the runs of a small preset in that many processes first; `only` (run folder names)
-    trains just those runs and writes no report (what a worker does)."""
+    trains just those runs and writes no report (what a worker does). With `config.lmms_eval`, `lmms_mode`
+    "run" scores every trained run with lmms-eval, "print" prints the commands (and reads results already
+    there), "off" skips it."""
     console = console or Console()
     began = time.perf_counter()
     out = Path(out_dir)
-    paths = (benchmarks or BenchmarkPaths()).given() if config.benchmarks is not None else None
+    if lmms_mode not in LMMS_MODES:
+        raise ValueError(f"--lmms-eval {lmms_mode!r}: use one of {', '.join(LMMS_MODES)}")
+    lmms = config.lmms_eval if lmms_mode != "off" else None
+    paths = (benchmarks or BenchmarkPaths()).given(required=lmms is None) if config.benchmarks is not None else None
     require_sources(config.data, {"i2t"})
+    if lmms is not None:
+        require_lmms_tasks(lmms)
     factory = HarmonFactory(config.model, cache, console)
     size = config.model.image_size
     scorer = (QAScorer(config.shapesworld, task_world(config.data, "i2t", size), size) if paths is None else
@@ -187,18 +218,23 @@ def run_table5(config: Table5Config, out_dir: str | os.PathLike, cache: str | os
             continue
         console.print(f"[bold]{run.label}[/] (seed {run.spec.seed}): {run.spec.steps} understanding iterations")
         blind = run.label == BLIND
+        write_run_record(run.train.out_dir, config, run.label, run.spec.seed, blind, cache)
         outcome = train_or_reuse(
             run.train, lambda r=run, b=blind: factory.build(r.spec.seed, config.blind if b else r.label, blind=b),
             scorer, run.spec.steps, console, progress)
         runs[run.label][run.spec.seed] = {"evaluation": outcome.evaluations[run.spec.steps],
                                           "seconds": outcome.seconds, "reused": outcome.reused,
                                           "run_dir": str(outcome.run_dir)}
+        if lmms is not None and only is None and rank() == 0:
+            mode = "print" if world_size() > 1 else lmms_mode
+            runs[run.label][run.spec.seed]["lmms_eval"] = lmms_scores(
+                lmms, outcome.run_dir, out / "lmms-eval" / outcome.run_dir.name, mode, console)
     if only is not None:
         return None
     kinds = [item["kind"] for item in scorer.items] if paths is None else None
     primary = config.endpoints.primary if paths is None else None
-    per_seed = {label: [table_row(r["evaluation"], paths is None, kinds, primary) for r in seeds.values()]
-                for label, seeds in runs.items()}
+    per_seed = {label: [with_lmms(table_row(r["evaluation"], paths is None, kinds, primary), r.get("lmms_eval"))
+                        for r in seeds.values()] for label, seeds in runs.items()}
     table = {label: {k: mean([row[k] for row in rows]) for k in rows[0]} for label, rows in per_seed.items()}
     claims = None
     if paths is None:

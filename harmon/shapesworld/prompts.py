@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from harmon.geneval_rules import CATEGORIES
 from harmon.shapesworld.sampling import RngLike, make_rng, place_centers
 from harmon.shapesworld.scene import (
     RELATIONS,
@@ -24,7 +25,6 @@ from harmon.shapesworld.scene import (
 )
 from harmon.shapesworld.vocab import COLORS, MAX_OBJECTS, SHAPES, SIZES, require_known
 
-CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 RELATION_PHRASES = {
     "left of": "to the left of",

@@ -7,7 +7,7 @@ import dataclasses
 import torch
 from transformers import Qwen2ForCausalLM
 
-from harmon.checkpoints import check_keys, load_file, tensors_only
+from harmon.checkpoints import check_keys, hub_format_errors, load_file, tensors_only
 from harmon.harmon_loading import NAMED_HARMON, load_harmon
 from harmon.mar_loading import load_mar
 from harmon.model import Harmon, HarmonConfig
@@ -32,7 +32,8 @@ def from_parts(config: ModelConfig, image_size: int) -> Harmon:
     """Stage I start: pretrained Qwen2.5-Instruct and MAR, the KL-16 VAE, fresh projectors."""
     named = PARTS[config.architecture]
     llm_source = config.llm or named.llm
-    llm = Qwen2ForCausalLM.from_pretrained(llm_source, torch_dtype=torch.float32)
+    with hub_format_errors(llm_source):
+        llm = Qwen2ForCausalLM.from_pretrained(llm_source, torch_dtype=torch.float32)
     mar = load_mar(config.mar or MAR_FILES[named.mar])
     vae = load_kl16(config.vae)
     vae_config = {k: v for k, v in vae.config.items() if not k.startswith("_")}

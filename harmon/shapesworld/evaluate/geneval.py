@@ -1,60 +1,50 @@
-"""GenEval-style scoring of an image against a prompt spec, using the rule-based detector."""
+"""GenEval scoring of ShapesWorld images: the exact detector supplies the detections, `harmon.geneval_rules`
+(the published protocol's rules, shared with the detector-based scorer of real images) judges them.
+
+A ShapesWorld spec becomes the GenEval metadata record GenEval would write for it (counting excludes N + 1
+objects; position names the second object as the reference). The exact detector is sure of every object, so
+each detection gets confidence 1.0; where GenEval judges the most confident objects, ties are broken by area
+(largest first), as a detector tends to be surest of the largest object.
+"""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from harmon.geneval_rules import Clause, Detection, GenEvalSpec, Summary, Verdict, judge, keep_detections
+from harmon.geneval_rules import summarize as summarize_verdicts
 from harmon.shapesworld.evaluate.detect import DetectedObject, DetectorConfig, detect_objects
-from harmon.shapesworld.prompts import CATEGORIES, PromptObject, PromptSpec, noun_phrase
-from harmon.shapesworld.scene import relation
+from harmon.shapesworld.prompts import PromptSpec, prompt_text
+
+GenEvalResult = Verdict
+GenEvalSummary = Summary
 
 
-@dataclass(frozen=True)
-class GenEvalResult:
-    """Whether one image satisfies its spec, and why not when it does not."""
-
-    category: str
-    correct: bool
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class GenEvalSummary:
-    """Accuracy per category and overall (the mean of the per-category accuracies, as in GenEval)."""
-
-    per_category: dict[str, float]
-    overall: float
+def geneval_spec(spec: PromptSpec) -> GenEvalSpec:
+    """The GenEval metadata record of a ShapesWorld spec (classes are shape names)."""
+    objects = [Clause(o.shape, o.count, o.color) for o in spec.objects]
+    exclude: tuple[Clause, ...] = ()
+    if spec.category == "counting":
+        exclude = (Clause(objects[0].cls, objects[0].count + 1),)
+    if spec.category == "position":
+        subject, reference = objects
+        objects = [reference, Clause(subject.cls, subject.count, subject.color, (spec.relation, 0))]
+    return GenEvalSpec(spec.category, prompt_text(spec), tuple(objects), exclude)
 
 
-def _matches(detections: list[DetectedObject], wanted: PromptObject) -> list[DetectedObject]:
-    return [d for d in detections if d.shape == wanted.shape and wanted.color in (None, d.color)]
+def exact_detections(detections: Iterable[DetectedObject]) -> list[Detection]:
+    """The exact detector's objects as GenEval detections: confidence 1, largest first, colour known."""
+    ordered = sorted(detections, key=lambda d: -d.area)
+    return [Detection(d.shape, tuple(float(v) for v in d.box), 1.0, d.color) for d in ordered]
 
 
 def score_detections(detections: list[DetectedObject], spec: PromptSpec) -> GenEvalResult:
-    """Check detections against a spec.
-
-    Every named object must be present (with its colour when one is named); counting needs the exact
-    number; position needs a pair of matching objects in the named relation (judged from centres).
-    """
-    for wanted in spec.objects:
-        found = len(_matches(detections, wanted))
-        enough = found == wanted.count if spec.category == "counting" else found >= wanted.count
-        if not enough:
-            return GenEvalResult(spec.category, False, f"wanted {noun_phrase(wanted)}, found {found}")
-    if spec.category == "position":
-        subjects, references = (_matches(detections, wanted) for wanted in spec.objects)
-        if not any(
-            a is not b and relation(a.center, b.center) == spec.relation for a in subjects for b in references
-        ):
-            return GenEvalResult(
-                spec.category, False, f"no {noun_phrase(spec.objects[0])} {spec.relation} the other"
-            )
-    return GenEvalResult(spec.category, True)
+    """GenEval's verdict on exact detections for a ShapesWorld spec."""
+    record = geneval_spec(spec)
+    return judge(record, keep_detections(exact_detections(detections), record.tag))
 
 
 def score_image(
@@ -65,11 +55,5 @@ def score_image(
 
 
 def summarize(results: Iterable[GenEvalResult]) -> GenEvalSummary:
-    """Per-category accuracy over the categories present, and their mean."""
-    outcomes: dict[str, list[bool]] = defaultdict(list)
-    for result in results:
-        outcomes[result.category].append(result.correct)
-    if not outcomes:
-        raise ValueError("summarize needs at least one GenEvalResult")
-    per_category = {c: float(np.mean(outcomes[c])) for c in CATEGORIES if c in outcomes}
-    return GenEvalSummary(per_category, float(np.mean(list(per_category.values()))))
+    """Per-category accuracy over the categories present, and their mean (GenEval's overall score)."""
+    return summarize_verdicts(results)
