@@ -77,6 +77,21 @@ def test_compare_micro_as_a_subprocess(tmp_path: Path) -> None:
     assert "alignment/alignment-cknna.png" in results["figures"]
     assert re.search(r"\| vae \| 12 \| [\d.]+ \|", report)
     assert "Not reconstructed (no decoder): mar, pixels." in report
+    # controls: a seeded random twin per encoder but pixels, Δ top-1 vs twin and vs pixels with interval and verdict
+    assert list(results["twins"]) == ["vae (random)", "vqgan (random)", "mar (random)"]
+    controls = results["controls"]
+    assert list(controls["vs_twin"]) == ["vae", "vqgan", "mar"] and controls["pixels"] == "pixels"
+    assert list(controls["vs_pixels"]) == ["vae", "vqgan", "mar"] and controls["seeds"] == 1
+    for label in ("vae", "vqgan", "mar"):
+        twin, top1 = results["twins"][f"{label} (random)"], results["encoders"][label]["top1"]
+        assert twin["twin_of"] == label and twin["weights"] == "random initialisation (seed 0)"
+        for c, other in ((controls["vs_twin"][label], twin["top1"]),
+                         (controls["vs_pixels"][label], results["encoders"]["pixels"]["top1"])):
+            assert {"delta", "low", "high", "mcnemar_p", "verdict", "tie"} <= set(c) and c["images"] == 60
+            assert c["delta"] == pytest.approx(top1 - other, abs=1e-9) and c["low"] <= c["delta"] <= c["high"]
+        assert re.search(rf"\| {label} \(random\) \| random initialisation \(seed 0\) \|", report)
+        assert re.search(rf"\| {label} \| {label} \(random\) \| [\d.]+ \| [\d.]+ \| [+-][\d.]+ \[", report)
+    assert "no seed variance" in report
     # a second run reads the same feature cache instead of encoding again
     cheap = ["--set", "cam_images=0", "--set", "reconstruction.encoders=[]", "--set", "alignment.metrics=[linear_cka]"]
     again = harmon("compare", *MICRO, *cheap, *cache, "--out", str(tmp_path / "again"))

@@ -63,7 +63,8 @@ class Reconstruction:
 class CompareConfig:
     """One comparison. data: a probe data spec (`imagefolder:PATH`, `fashion-mnist`, `digits`) or `shapesworld`
     (the single-object probe set of the `zoo` Figure 2 preset, whose object masks score CAM localisation).
-    layers: blocks probed besides the final features ("all" or indices; None: final only)."""
+    layers: blocks probed besides the final features ("all" or indices; None: final only). twins: probe each
+    encoder's random-init twin too (not pixels) and compare them, and every encoder with pixels, image by image."""
 
     name: str
     data: str
@@ -73,6 +74,7 @@ class CompareConfig:
     layers: str | None = None
     epochs: int = 20
     knn: bool = True
+    twins: bool = True
     alignment: Alignment = field(default_factory=Alignment)
     cam_images: int = 8
     reconstruction: Reconstruction = field(default_factory=Reconstruction)

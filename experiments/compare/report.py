@@ -22,12 +22,12 @@ def _probes(results: dict[str, Any]) -> list[str]:
              "(temperature-weighted, cosine) on the same features.\n",
              "| encoder | weights | pooling | dim | top-1 % | top-5 % | k-NN top-1 % | images encoded / from cache |",
              "|---|---|---|---|---|---|---|---|"]
-    for label, r in results["encoders"].items():
+    for label, r in {**results["encoders"], **results["twins"]}.items():
         knn = r.get("knn")
         knn_top1 = knn[max(knn, key=int)]["top1"] if knn else None
         lines.append(f"| {label} | {r['weights']} | {r['pooling']} | {r['dim']} | {_f(r['top1'])} | {_f(r['top5'])} | "
                      f"{_f(knn_top1)} | {r['cache']['computed']} / {r['cache']['reused']} |")
-    lines += ["", "![probes](probes.png) ([PDF](probes.pdf))\n"]
+    lines += ["", "![probes](probes.png) ([PDF](probes.pdf))\n", *_controls(results)]
     if layered:
         lines += ["Per layer (top-1 %):\n", "| encoder | " + " | ".join(["layer: top-1"]) + " |", "|---|---|"]
         for label, r in results["encoders"].items():
@@ -35,6 +35,29 @@ def _probes(results: dict[str, Any]) -> list[str]:
             lines.append(f"| {label} | {cells} |")
         lines += ["", "![layers](layers.png) ([PDF](layers.pdf))\n"]
     return lines
+
+
+def _controls(results: dict[str, Any]) -> list[str]:
+    block, top1 = results["controls"], {label: r["top1"] for label, r in results["encoders"].items()}
+    top1 |= {r["twin_of"] + " (random)": r["top1"] for r in results["twins"].values()}
+    rows = [(label, f"{label} (random)", c) for label, c in block["vs_twin"].items()]
+    rows += [(label, block["pixels"], c) for label, c in block["vs_pixels"].items()]
+    if not rows:
+        return []
+    level = round(100 * block["level"])
+    lines = ["### Controls\n", "Each encoder against its random-init twin (the same architecture, preprocessing and "
+             "pooling, seeded; probed identically) and against raw pixels, on the same val images: Δ = top-1 − "
+             f"control top-1 (points) with a {level} % paired bootstrap interval over the images "
+             f"({block['resamples']} resamples), McNemar's exact p, and the verdict on \"beats the control\" (an "
+             "interval containing zero is a tie). One seed: the intervals hold no seed variance, so they are "
+             "exploratory.\n",
+             f"| encoder | control | top-1 % | control top-1 % | Δ [{level} % interval] | McNemar p | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for label, control, c in rows:
+        said = c["verdict"] + (" (a tie)" if c["tie"] else "")
+        lines.append(f"| {label} | {control} | {_f(top1[label])} | {_f(top1[control])} | {c['delta']:+.2f} "
+                     f"[{c['low']:+.2f}, {c['high']:+.2f}] | {c['mcnemar_p']:.3g} | {said} |")
+    return [*lines, ""]
 
 
 def _alignment(results: dict[str, Any]) -> list[str]:

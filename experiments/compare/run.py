@@ -22,6 +22,7 @@ from encoders.base import Encoder
 from encoders.registry import weights_source
 from experiments.align import run_alignment
 from experiments.compare.config import SHAPES, ZOO, CompareConfig, EncoderItem
+from experiments.compare.controls import control_comparisons
 from experiments.compare.report import write_report
 from harmon.checkpoints import cache_dir
 from harmon.utils.files import file_stem, output_dir, write_json
@@ -32,6 +33,7 @@ from probe.cam import compute_cams, constant_maps, overlay, to_display
 from probe.frechet import frechet_distance_features
 from probe.knn import knn_probe
 from probe.line_plots import plot_lines
+from probe.linear import predict_logits
 from probe.localisation import cam_energy_in_mask, pointing_game
 from probe.pareto import non_dominated, plot_pareto
 from probe.reconstruction import lpips, lpips_network, psnr, ssim
@@ -79,6 +81,22 @@ class Builder:
         spec = EncoderSpec(item.name, item.weights, item.label, dict(item.options))
         return Built(spec.build(self.config.seed), item.pooling, weights_source(item.name, item.weights,
                                                                                   self.config.seed))
+
+    def twin(self, item: EncoderItem) -> Built:
+        """The random-init twin of `item`: the same architecture, preprocessing and pooling, seeded by the run
+        seed (a zoo arm: as the offline Figure 2 builds it; a registry encoder: its weights "random")."""
+        if not item.name.startswith(ZOO):
+            return self.build(replace(item, weights="random"))
+        from experiments.compare.zoo import zoo_twin
+
+        arm, seed = item.name[len(ZOO):], self.config.seed
+        source = f"random initialisation (seed {seed})" + (", on the trained VAE" if arm == "MAR" else "")
+        return Built(zoo_twin(self.recipe, arm, self.root / "pretrain", seed), item.pooling, source)
+
+
+def is_pixels(item: EncoderItem) -> bool:
+    """Raw pixels: no weights, so no twin; the pixel control of every other encoder."""
+    return item.name.removeprefix(ZOO) == "pixels"
 
 
 def parse_layers(text: str | None, encoder: Encoder) -> list[int]:
@@ -210,6 +228,7 @@ def run_compare(config: CompareConfig, out_dir: str | Path, cache: str | Path | 
     device = resolve_device(config.device)
     items = {item.title: item for item in config.encoders}
     built = {label: builder.build(item) for label, item in items.items()}
+    twins = {label: builder.twin(item) for label, item in items.items() if config.twins and not is_pixels(item)}
     recon_labels = check_reconstruction(config, built)
     layers = {label: parse_layers(config.layers, b.encoder) for label, b in built.items()}
     n_val = len(data.labels("val"))
@@ -232,12 +251,21 @@ def run_compare(config: CompareConfig, out_dir: str | Path, cache: str | Path | 
     fd = builder.build(config.reconstruction.fd_encoder) if config.reconstruction.fd_encoder and recon_labels else None
     recon_positions = dataset_positions(data, pick_images(val_labels, min(config.reconstruction.images, n_val)))
     encoders, val_features, cams, samples = {}, {}, {"rows": {}, "images": None}, {}
+    twin_results, correct, twin_correct = {}, {}, {}
     with _progress(console) as progress:
-        bar = progress.add_task("measuring encoders", total=len(built))
+        bar = progress.add_task("measuring encoders", total=len(built) + len(twins))
         for label, b in built.items():
             progress.update(bar, description=f"measuring {label}")
-            encoders[label], head, final = measure(label, b, layers[label], data, replace(study, pooling=b.pooling),
-                                                   config, console)
+            encoders[label], head, final, correct[label] = measure(label, b, layers[label], data,
+                                                                   replace(study, pooling=b.pooling), config, console)
+            if label in twins:
+                progress.advance(bar)
+                twin = f"{label} (random)"
+                progress.update(bar, description=f"measuring {twin}")
+                twin_results[twin], _, _, twin_correct[label] = measure(
+                    twin, twins[label], layers[label], data, replace(study, pooling=twins[label].pooling), config,
+                    console)
+                twin_results[twin]["twin_of"] = label
             val_features[label] = final
             if config.cam_images:
                 begin = time.perf_counter()
@@ -260,6 +288,8 @@ def run_compare(config: CompareConfig, out_dir: str | Path, cache: str | Path | 
                                   config.alignment.k, config.alignment.reference, n_align, metrics,
                                   info={"data": data.name, "split": "val", "seed": config.seed})
         figures += [f"alignment/alignment-{m}.png" for m in metrics]
+    pixels = next((label for label, item in items.items() if is_pixels(item)), None)
+    controls = control_comparisons(correct, twin_correct, pixels, config.seed)
     pareto = pareto_points(config, encoders, layers)
     if pareto["points"]:
         plot_pareto([(p["x"], p["y"]) for p in pareto["points"]], [p["label"] for p in pareto["points"]],
@@ -269,7 +299,8 @@ def run_compare(config: CompareConfig, out_dir: str | Path, cache: str | Path | 
     timings["total_s"] = time.perf_counter() - start
     results = {"name": config.name, "config": asdict(config), "data": {"spec": data.name, "classes": data.classes,
                "train_samples": len(data.labels("train")), "val_samples": n_val, "object_masks": masks is not None},
-               "device": str(device), "encoders": encoders, "alignment": alignment, "pareto": pareto,
+               "device": str(device), "encoders": encoders, "twins": twin_results, "controls": controls,
+               "alignment": alignment, "pareto": pareto,
                "reconstructing": recon_labels, "fd_encoder": None if fd is None else
                {"name": config.reconstruction.fd_encoder.name, "encoder": fd.encoder.name, "weights": fd.source},
                "figures": figures, "timings": timings}
@@ -279,9 +310,10 @@ def run_compare(config: CompareConfig, out_dir: str | Path, cache: str | Path | 
 
 
 def measure(label: str, built: Built, layers: list[int], data: StudyData, study: ProbeStudyConfig,
-            config: CompareConfig, console: Console) -> tuple[dict[str, Any], torch.nn.Module, np.ndarray]:
+            config: CompareConfig,
+            console: Console) -> tuple[dict[str, Any], torch.nn.Module, np.ndarray, np.ndarray]:
     """Extract (cached) and probe one encoder at its layers and final features; k-NN on the final features.
-    Returns its results, the final-layer head and its val features."""
+    Returns its results, the final-layer head, its val features and the head's per-image 0/1 correctness."""
     begin = time.perf_counter()
     asked: list[int | None] = [*layers, None]
     train = extract_split_layers(built.encoder, data, study, "train", asked)
@@ -296,13 +328,15 @@ def measure(label: str, built: Built, layers: list[int], data: StudyData, study:
                                         "val": str(val[-1].path)},
                               "layers": {}}
     begin = time.perf_counter()
-    head = final = None
+    head = final = correct = None
     for layer, tr, va in zip(asked, train, val, strict=True):
         (train_x, val_x), sweep, report = linear_scores(tr, va, study, data.classes)
         scores = {"top1": report["top1"], "top5": report["top5"], "dim": int(train_x.shape[1])}
         if layer is None:
             result.update(scores)
             head, final = sweep.head, np.asarray(val_x)
+            predictions = predict_logits(head, val_x).numpy().argmax(1)
+            correct = (predictions == np.asarray(va.labels)).astype(np.float64)
             if config.knn:
                 ks = tuple(k for k in (10, 20, 100, 200) if k <= len(train_x)) or (len(train_x),)
                 knn = knn_probe(train_x, tr.labels, val_x, va.labels, ks=ks, device=study.device)
@@ -312,7 +346,7 @@ def measure(label: str, built: Built, layers: list[int], data: StudyData, study:
     result["timings"] = {"extract_s": extract_s, "probe_s": time.perf_counter() - begin}
     console.print(f"[bold]{label}[/]: top-1 {result['top1']:.1f} % ({result['cache']['computed']} images encoded, "
                   f"{result['cache']['reused']} from the cache)")
-    return result, head, final
+    return result, head, final, correct
 
 
 def pareto_points(config: CompareConfig, encoders: dict[str, Any], layers: dict[str, list[int]]) -> dict[str, Any]:

@@ -20,15 +20,16 @@ from encoders.adapters.timm_generic import TimmEncoder
 from encoders.adapters.vae import VAEEncoder
 from encoders.adapters.vqgan import VQEncoder
 from encoders.base import Encoder
-from experiments.figure2.arms import Recipes, _chain, recipes
+from experiments.figure2.arms import Recipes, _chain, _seeded, recipes
 from experiments.figure2.config import load_figure2_config
 from experiments.figure2.data import load_split
 from experiments.pretrain.data import PREPROCESS
-from experiments.pretrain.mae import pretrain_mae
+from experiments.pretrain.mae import build_mae, pretrain_mae
 from experiments.pretrain.mar import pretrain_mar
-from experiments.pretrain.siglip import TIMM_DEFINITION, pretrain_siglip
-from experiments.pretrain.vae import pretrain_vae
-from experiments.pretrain.vqgan import pretrain_vqgan
+from experiments.pretrain.siglip import TIMM_DEFINITION, build_image_tower, pretrain_siglip
+from experiments.pretrain.vae import build_vae, pretrain_vae
+from experiments.pretrain.vqgan import build_vq, pretrain_vqgan
+from harmon.mar import MAR
 from probe.study import StudyData
 
 CHAINS = {"VAE": "vae-mar", "MAR": "vae-mar", "VQGAN": "vqgan", "SigLIP": "siglip", "MAE": "mae"}
@@ -73,6 +74,29 @@ def zoo_encoder(recipe: Recipes, arm: str, root: Path) -> tuple[Encoder, dict | 
         return MAREncoder("tiny-mae", copy.deepcopy(mae.modules["mar"]), None, size), mae.record
     siglip = pretrain_siglip(recipe.siglip, root, quiet)
     return TimmEncoder("tiny-siglip", copy.deepcopy(siglip.modules["image"]), TIMM_DEFINITION), siglip.record
+
+
+def zoo_twin(recipe: Recipes, arm: str, root: Path, seed: int) -> Encoder:
+    """The random-init twin of one trained arm, as the offline Figure 2 builds it: the same architecture,
+    preprocessing and adapter, initialised with `seed`; MAR's twin is a random MAR on the same trained VAE."""
+    size = PREPROCESS.image_size
+    if arm == "VAE":
+        return VAEEncoder("tiny-vae-random", _seeded(seed, lambda: build_vae(recipe.vae)), "posterior_mean", size)
+    if arm == "VQGAN":
+        return VQEncoder("tiny-vqgan-random", _seeded(seed, lambda: build_vq(recipe.vqgan)), "prequant", False, size)
+    if arm == "MAE":
+        return MAREncoder("tiny-mae-random", _seeded(seed, lambda: build_mae(recipe.mae)[0]), None, size)
+    if arm == "SigLIP":
+        return TimmEncoder("tiny-siglip-random", _seeded(seed, lambda: build_image_tower(recipe.siglip)),
+                           TIMM_DEFINITION)
+    quiet = Console(quiet=True)
+    vae = pretrain_vae(recipe.vae, root, quiet)
+    mar = pretrain_mar(recipe.mar, vae, root, quiet)
+    architecture = mar.record["architecture"]
+    twin = _seeded(seed, lambda: MAR(recipe.mar.architecture(architecture["vae_embed_dim"],
+                                                             architecture["vae_stride"])))
+    return MAREncoder("tiny-mar-random", twin, copy.deepcopy(vae.modules["vae"]), size,
+                      latent_scale=mar.record["latent_scale"])
 
 
 def shapes_data(zoo: str, root: Path) -> tuple[StudyData, list[np.ndarray]]:
