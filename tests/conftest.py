@@ -75,3 +75,20 @@ def _seeded():
 @pytest.fixture
 def tiny_mar_config() -> MARConfig:
     return TINY_MAR
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """The tiny random Harmon written in the official file layout (checkpoint, LLM folder, VAE)."""
+    from harmon.tiny import save_tiny_bundle
+
+    return save_tiny_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="module")
+def loaded(bundle):
+    """The tiny bundle loaded in this process, to compare the commands' outputs with."""
+    from harmon.harmon_loading import load_harmon
+
+    with pytest.warns(UserWarning, match="head counts"):
+        return load_harmon(bundle.checkpoint, llm=bundle.llm, vae=bundle.vae)

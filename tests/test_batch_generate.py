@@ -13,10 +13,8 @@ import pytest
 from PIL import Image
 
 from harmon.generation import generate_images
-from harmon.harmon_loading import load_harmon
 from harmon.images import to_uint8
 from harmon.model import Harmon
-from harmon.tiny import TinyBundle, save_tiny_bundle
 
 ROOT = Path(__file__).parents[1]
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
@@ -26,17 +24,6 @@ RECORDS = [
      "prompt": "a photo of two cats"},
 ]
 SAMPLING = ["--steps", "2", "--image-size", "64", "--seed", "3", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> TinyBundle:
-    return save_tiny_bundle(tmp_path_factory.mktemp("bundle"))
-
-
-@pytest.fixture(scope="module")
-def loaded(bundle) -> Harmon:
-    with pytest.warns(UserWarning, match="head counts"):
-        return load_harmon(bundle.checkpoint, llm=bundle.llm, vae=bundle.vae)
 
 
 @pytest.fixture(scope="module")

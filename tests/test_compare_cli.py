@@ -5,30 +5,16 @@ without a decoder, LPIPS offline) ends in one `error:` line with exit code 2."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from experiments.cli import app
+from tests.test_probe_cli import finish, harmon
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "COLUMNS": "200", "PYTHONPATH": str(ROOT)}
 MICRO = ["--preset", "micro", "--workers", "1"]
-
-
-def harmon(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "experiments.cli", *args], cwd=ROOT, env=ENV, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
-def finish(process: subprocess.Popen) -> tuple[int, str]:
-    output, _ = process.communicate(timeout=900)
-    return process.returncode, output
 
 
 @pytest.mark.parametrize(("arguments", "message"), [
@@ -49,7 +35,7 @@ def test_bad_input_is_one_error_line(arguments, message, tmp_path: Path) -> None
 def test_compare_micro_as_a_subprocess(tmp_path: Path) -> None:
     cache = ["--cache", str(tmp_path / "cache")]
     run = harmon("compare", *MICRO, *cache, "--out", str(tmp_path / "run"))
-    code, output = finish(run)
+    code, output = finish(run, timeout=900)
     assert code == 0, output
     folder = tmp_path / "run"
     results = json.loads((folder / "results.json").read_text())
@@ -95,7 +81,7 @@ def test_compare_micro_as_a_subprocess(tmp_path: Path) -> None:
     # a second run reads the same feature cache instead of encoding again
     cheap = ["--set", "cam_images=0", "--set", "reconstruction.encoders=[]", "--set", "alignment.metrics=[linear_cka]"]
     again = harmon("compare", *MICRO, *cheap, *cache, "--out", str(tmp_path / "again"))
-    code, output = finish(again)
+    code, output = finish(again, timeout=900)
     assert code == 0, output
     reused = json.loads((tmp_path / "again" / "results.json").read_text())["encoders"]
     assert all(r["cache"]["computed"] == 0 and r["cache"]["reused"] > 0 for r in reused.values())

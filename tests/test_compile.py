@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from harmon.compile import compile_for_sampling, compiled_parts
 from harmon.generation import generate_images
 from harmon.mar import MAR
-from harmon.tiny import TinyBundle, save_tiny_bundle, tiny_harmon
+from harmon.tiny import tiny_harmon
 from harmon.utils.runtime import bf16_autocast
 from harmon.vae import build_kl16, save_kl16_safetensors, tiny_kl16_config
 
@@ -125,11 +125,6 @@ def test_sampling_commands_refuse_an_unknown_compile_mode(mar_files, tmp_path):
     result = _harmon("mar-sample", "1", *mar_files, "--compile", "fast", "--out", str(tmp_path / "x.png"))
     assert result.exit_code == 2 and "'fast' is not one of" in result.stderr
     assert not (tmp_path / "x.png").exists()
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> TinyBundle:
-    return save_tiny_bundle(tmp_path_factory.mktemp("bundle"))
 
 
 @pytest.mark.filterwarnings("ignore:head counts are not stored")

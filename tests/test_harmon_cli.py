@@ -12,25 +12,10 @@ import pytest
 from PIL import Image
 
 from harmon.generation import generate_images
-from harmon.harmon_loading import load_harmon
 from harmon.images import to_uint8
-from harmon.model import Harmon
-from harmon.tiny import TinyBundle, save_tiny_bundle
 
 ROOT = Path(__file__).parents[1]
 
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> TinyBundle:
-    return save_tiny_bundle(tmp_path_factory.mktemp("bundle"))
-
-
-@pytest.fixture(scope="module")
-def loaded(bundle) -> Harmon:
-    """The bundle loaded in this process, to compare the commands' outputs with."""
-    with pytest.warns(UserWarning, match="head counts"):
-        return load_harmon(bundle.checkpoint, llm=bundle.llm, vae=bundle.vae)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from harmon.generation import generate_latents, prompt_batch
 from harmon.harmon_loading import load_harmon
 from harmon.model import Harmon, HarmonConfig
 from harmon.prompts import INSTRUCTION, encode_turn, expand2square, image_token_count, preprocess_image
-from harmon.tiny import TINY_CORPUS, save_tiny_bundle, tiny_harmon, tiny_harmon_config
+from harmon.tiny import TINY_CORPUS, tiny_harmon, tiny_harmon_config
 from harmon.tokenizer import build_tiny_tokenizer, load_tokenizer
 from harmon.understanding import build_understanding_inputs, generate_ids, positions_from_mask
 from tests.conftest import TINY_MAR
@@ -40,11 +40,6 @@ def peaked(model) -> Harmon:
             if p.ndim == 2:
                 p.normal_(0, 0.5, generator=generator)
     return other
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return save_tiny_bundle(tmp_path_factory.mktemp("bundle"))
 
 
 # ----- layout and loading --------------------------------------------------------------------------------------

@@ -158,13 +158,20 @@ def test_diffusers_folders_refuse_a_pickled_bin(tmp_path, marker):
     assert not marker.exists()
 
 
-def test_transformers_folders_refuse_a_pickled_bin(tmp_path, marker):
-    folder = tmp_path / "dinov2"
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                          image_size=56, patch_size=14)
-    Dinov2Model(config).save_pretrained(folder, safe_serialization=False)
+def _bin_only_folder(model, folder: Path) -> Path:
+    """`model` saved as a transformers folder whose weights are then left to a `pytorch_model.bin` the test writes."""
+    model.save_pretrained(folder)
     for weights in folder.glob("*.safetensors"):
         weights.unlink()
+    return folder
+
+
+TINY_DINOV2 = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=56,
+                   patch_size=14)
+
+
+def test_transformers_folders_refuse_a_pickled_bin(tmp_path, marker):
+    folder = _bin_only_folder(Dinov2Model(Dinov2Config(**TINY_DINOV2)), tmp_path / "dinov2")
     torch.save({"embeddings.cls_token": CodeOnLoad(marker)}, folder / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="refusing to load .*GLOBAL .*open") as caught:
         create_encoder("dinov2-s-hf", weights=str(folder))
@@ -173,26 +180,19 @@ def test_transformers_folders_refuse_a_pickled_bin(tmp_path, marker):
 
 
 def test_transformers_folders_name_a_truncated_bin(tmp_path):
-    folder = tmp_path / "dinov2"
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                          image_size=56, patch_size=14)
-    Dinov2Model(config).save_pretrained(folder)
-    for weights in folder.glob("*.safetensors"):
-        weights.unlink()
+    model = Dinov2Model(Dinov2Config(**TINY_DINOV2))
+    folder = _bin_only_folder(model, tmp_path / "dinov2")
     buffer = io.BytesIO()
-    torch.save(Dinov2Model(config).state_dict(), buffer)
+    torch.save(model.state_dict(), buffer)
     (folder / "pytorch_model.bin").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     with pytest.raises(CheckpointError, match="corrupt or truncated.*download the folder again"):
         create_encoder("dinov2-s-hf", weights=str(folder))
 
 
 def test_the_stage_one_llm_folder_refuses_a_pickled_bin(tmp_path, marker):
-    folder = tmp_path / "qwen"
     config = Qwen2Config(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                          num_key_value_heads=1, vocab_size=64)
-    Qwen2ForCausalLM(config).save_pretrained(folder)
-    for weights in folder.glob("*.safetensors"):
-        weights.unlink()
+    folder = _bin_only_folder(Qwen2ForCausalLM(config), tmp_path / "qwen")
     torch.save({"model.embed_tokens.weight": CodeOnLoad(marker)}, folder / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="refusing to load"):
         with hub_format_errors(str(folder)):
