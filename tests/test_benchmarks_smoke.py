@@ -35,6 +35,29 @@ def _mar_sampling(report: dict, out: Path) -> None:
         assert row["speedup_over_eager"] > 0 and row["params_m"] > 0
 
 
+def _mar_sampling_parts(report: dict, out: Path) -> None:
+    # 4 steps over 256 tokens: floor(256 cos(pi/2 * s/4)) masked after step s = 236, 181, 97, then none
+    assert report["schedule"] == [[0, 20], [20, 55], [75, 84], [159, 97]]
+    heads = report["head"]
+    assert [row["k"] for row in heads] == [20, 55, 84, 97] and [row["rows"] for row in heads] == [80, 220, 336, 388]
+    for row in heads:
+        _timings(row["fast_s"], repeats=2)
+        _timings(row["reference_s"], repeats=2)
+        assert row["max_abs_diff"] <= 1e-5 * row["max_abs"] and row["max_abs"] > 0
+        assert 0 < row["fast_flop"] < row["reference_flop"]  # the step embeddings are computed once, not per step
+    assert [row["visible"] for row in report["encoder_decoder"]] == [0, 159]
+    total = report["total"]
+    head_fast = sum(row["fast_s"]["median_s"] for row in heads)  # each reveal size occurs once in 4 steps
+    assert total["head_fast_s"] == pytest.approx(head_fast)
+    first, last = (row["seconds"]["median_s"] for row in report["encoder_decoder"])
+    interpolated = [first + (last - first) * v / 159 for v in (0, 20, 75, 159)]
+    assert total["encoder_decoder_s"] == pytest.approx(sum(interpolated))
+    assert total["speedup"] == pytest.approx(total["sampling_reference_s"] / total["sampling_fast_s"])
+    assert total["sampling_fast_s"] == pytest.approx(head_fast + total["encoder_decoder_s"])
+    assert set(report["matmul_gflops"]) == {"square_2048", "head_modulation", "decoder_mlp"}
+    assert all(rate > 0 for rate in report["matmul_gflops"].values())
+
+
 def _harmon_inference(report: dict, out: Path) -> None:
     assert report["autocast"] is True and report["dtype"] == "float32"
     eager, recompute = report["generation"]
@@ -106,6 +129,9 @@ SMOKE: dict[str, tuple[Callable[[Path], list[str]], Callable[[dict, Path], None]
         "--sizes", "tiny", "--batch-sizes", "1,2", "--num-iter", "2", "--diffusion-steps", "2", "--repeats", "2",
         "--threads", "1", "--device", "cpu", "--compile", "default", "--compile-backend", "aot_eager",
         "--out", str(out)], _mar_sampling),
+    "mar_sampling_parts": (lambda out: [
+        "--size", "tiny", "--batch", "2", "--num-iter", "4", "--diffusion-steps", "3", "--visible-points", "2",
+        "--repeats", "2", "--threads", "1", "--out", str(out)], _mar_sampling_parts),
     "harmon_inference": (lambda out: [
         "--sizes", "tiny", "--batch-sizes", "1", "--steps", "1", "--image-size", "32", "--diffusion-steps", "2",
         "--answer-tokens", "3", "--repeats", "2", "--autocast", "--threads", "1", "--device", "cpu",

@@ -64,11 +64,15 @@ def bundle(tmp_path_factory):
     return TinyBundle(folder / "harmon_tiny.pth", llm, save_kl16_safetensors(model.vae, folder / "kl16.safetensors"))
 
 
-@pytest.fixture(scope="module")
-def lm(bundle):
+def build_lm(bundle):
     """The Harmon model as lmms-eval builds it from `--model harmon --model_args ...` (its entry point)."""
     model_args = f"checkpoint={bundle.checkpoint},llm={bundle.llm},vae={bundle.vae},image_size=64"
     return get_model("harmon").create_from_arg_string(model_args, {"batch_size": 2, "device": "cpu"})
+
+
+@pytest.fixture(scope="module")
+def lm(bundle):
+    return build_lm(bundle)
 
 
 def request(kind: str, arguments: tuple, doc_id: int) -> Instance:
@@ -245,3 +249,32 @@ def test_table5_names_a_benchmark_lmms_eval_does_not_know_in_one_line(tmp_path):
     assert done.returncode == 2, done.stdout + done.stderr
     errors = [line for line in done.stdout.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "lmms-eval knows no task 'popee'" in errors[0]
+
+
+@pytest.mark.slow
+def test_two_processes_under_accelerate_answer_every_document_once(bundle, tmp_path):
+    """`accelerate launch --num_processes 2 -m lmms_eval --model harmon` as on a GPU node, here on two CPU
+    processes: each answers its share, and the gathered samples hold every document once, answered as one process
+    answers it alone."""
+    alone = build_lm(bundle)  # lmms-eval's evaluator lets go of the model it ran, so not the module's `lm`
+    own = [alone.model.answer(image, q, max_new_tokens=4, image_size=64)[0]
+           for image, q in zip(images(3), QUESTIONS[:3], strict=True)]
+    folder = write_local_task(tmp_path / "task", [own[0], own[1] + " not this", own[2]])
+    model_args = f"checkpoint={bundle.checkpoint},llm={bundle.llm},vae={bundle.vae},image_size=64,device=cpu"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu", "-m", "lmms_eval", "--model", "harmon",
+         "--model_args", model_args, "--tasks", TASK, "--include_path", str(folder), "--batch_size", "1",
+         "--output_path", str(tmp_path / "out"), "--log_samples"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    written = results_file(tmp_path / "out")
+    assert written is not None
+    section = LmmsEvalSection(columns={"GQA": LmmsColumn(task=TASK, metric="tiny_acc", scale=100)})
+    assert read_lmms_results(written, section) == {"GQA": pytest.approx(200 / 3)}
+    (samples,) = written.parent.glob(f"*_samples_{TASK}.jsonl")
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert sorted(row["doc_id"] for row in rows) == [0, 1, 2]
+    assert [row["filtered_resps"] for row in sorted(rows, key=lambda row: row["doc_id"])] == own

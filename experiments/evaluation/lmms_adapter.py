@@ -10,8 +10,8 @@ Model arguments (`--model_args key=value,...`):
 
 Requests are answered in batches of `batch_size` (sorted by prompt length, grouped by generation arguments), each
 question after its first image as `harmon ask` asks it, greedily unless a task asks for sampling; the answer is cut
-at the task's `until` strings. Under `accelerate launch` every process holds the model on its own GPU and lmms-eval
-gives each its share of the documents. `loglikelihood` scores a continuation's tokens after the answer prompt
+at the task's `until` strings. Under `accelerate launch` every process holds the model on its own GPU; lmms-eval's
+evaluator sets each process's rank and accelerator and gives it its share of the documents. `loglikelihood` scores a continuation's tokens after the answer prompt
 (multiple-choice tasks); multi-round generation is refused with an error naming the task.
 """
 
@@ -30,7 +30,7 @@ from PIL import Image
 from harmon.model import Harmon
 from harmon.tokenizer import IM_END, PAD_TOKEN
 from harmon.understanding import build_understanding_inputs, generate_ids
-from harmon.utils.runtime import resolve_device, world_size
+from harmon.utils.runtime import resolve_device
 
 MODEL_ARGS = ("checkpoint", "run", "llm", "tokenizer", "vae", "device", "dtype", "batch_size", "image_size",
               "max_new_tokens")
@@ -110,11 +110,6 @@ class HarmonLMMS(lmms):
         self.image_size = int(image_size or self.model.config.image_size)
         self.model.grid(self.image_size)
         self.max_new_tokens = max_new_tokens
-        if world_size() > 1:
-            from accelerate import Accelerator
-
-            self.accelerator = Accelerator()
-            self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
         self._warned_images = False
 
     @property

@@ -1,0 +1,223 @@
+"""One class-conditional MAR sampling composed from timed parts, for sizes where whole interleaved samplings do
+not fit the time at hand (MAR-B at batch 16 with guidance is about 1e14 FLOP; on 2 CPU cores, tens of minutes per
+sampling). Compares the diffusion head's loop as it runs now with the per-step loop it replaced.
+
+    python -m experiments.benchmarks.mar_sampling_parts --size mar_base --batch 16 --num-iter 64
+
+- Head: at every reveal size k the mask schedule uses, one head sampling of batch*k tokens (twice the rows with
+  guidance), `fast` (`DiffLoss.sample`: condition and step embeddings once per loop, coefficients from device
+  tables) and `reference` (the whole network and seven float64 schedule gathers at every step, as the loop ran
+  before), interleaved; both draw the same noise, and their largest difference is reported.
+- Encoder + decoder (the same code in both loops): one sampling step at a few visible-token counts spread over
+  the schedule, interpolated linearly to every step's count.
+- Totals: the head's time summed over the schedule's reveal sizes plus the encoder+decoder time summed over its
+  steps. Left out: the loop's gathers and scatters of tokens (`mar_sampling`'s "other" column measures them).
+- FLOP/s of each part (arithmetic counted by torch's FlopCounterMode) against the fp32 matmul rate measured in
+  the same run at the parts' own matmul shapes and at 2048^3.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch.utils.flop_counter import FlopCounterMode
+
+from experiments.benchmarks.common import (
+    add_repeat_options,
+    add_threads_option,
+    interleave,
+    machine,
+    set_threads,
+)
+from harmon.diffloss import DiffLoss
+from harmon.mar import MAR, mar_config, mask_from_orders, mask_schedule
+from harmon.utils.files import write_json
+
+
+def build(size: str, diffusion_steps: str) -> MAR:
+    if size == "tiny":
+        from experiments.benchmarks.mar_sampling import TINY as config
+    else:
+        config = mar_config(size)
+    torch.manual_seed(0)
+    return MAR(replace(config, num_sampling_steps=diffusion_steps)).eval()
+
+
+def schedule_steps(seq_len: int, num_iter: int) -> list[tuple[int, int]]:
+    """(visible tokens before the step, tokens revealed by it) for each step of masked decoding."""
+    steps, masked = [], seq_len
+    for step, after in enumerate(mask_schedule(seq_len, num_iter)):
+        left = 0 if step == num_iter - 1 else after
+        steps.append((seq_len - masked, masked - left))
+        masked = after
+    return steps
+
+
+def reference_sample(head: DiffLoss, z: torch.Tensor, cfg: float, generator: torch.Generator) -> torch.Tensor:
+    """The per-step loop: the whole network with per-row timesteps and every coefficient gathered at each step."""
+    diffusion = head.gen_diffusion
+    x = torch.randn(len(z) // 2, head.in_channels, generator=generator)
+    x = torch.cat([x, x])
+    for i in reversed(range(diffusion.num_timesteps)):
+        t = torch.full((len(x),), i, dtype=torch.long)
+        pred = diffusion.p_mean_variance(head.net.forward_with_cfg(x, diffusion.timestep_map[t], z, cfg), x, t)
+        noise = torch.randn(x.shape, generator=generator)
+        x = pred["mean"] + (1.0 if i > 0 else 0.0) * torch.exp(0.5 * pred["log_variance"]) * noise
+    return x
+
+
+def flops(run) -> int:
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops()
+
+
+def head_row(head: DiffLoss, z: torch.Tensor, cfg: float, args: argparse.Namespace) -> dict:
+    """Both loops on the conditions `z`: median seconds, FLOP and the largest difference of their samples."""
+    variants = {"fast": lambda: head.sample(z, cfg=cfg, generator=torch.Generator().manual_seed(0)),
+                "reference": lambda: reference_sample(head, z, cfg, torch.Generator().manual_seed(0))}
+    timings = interleave(variants, args.repeats, "cpu", args.warmup)
+    fast, reference = timings.results["fast"], timings.results["reference"]
+    row = {"rows": len(z), "max_abs_diff": (fast - reference).abs().max().item(),
+           "max_abs": reference.abs().max().item(), **{f"{name}_s": timings.spread(name) for name in variants}}
+    if args.count_flops:
+        row.update({f"{name}_flop": flops(run) for name, run in variants.items()})
+    return row
+
+
+def head_parts(model: MAR, batch: int, sizes: list[int], cfg: float, args: argparse.Namespace) -> list[dict]:
+    """One row per reveal size k (batch * k tokens, twice the rows with guidance)."""
+    rows = []
+    for k in sizes:
+        z = torch.randn(2 * batch * k, model.config.decoder_embed_dim, generator=torch.Generator().manual_seed(k))
+        rows.append({"k": k, **head_row(model.diffloss, z, cfg, args)})
+    return rows
+
+
+def guided_step(model: MAR, batch: int, visible: int, generator: torch.Generator):
+    """One guided sampling step's encoder and decoder with `visible` tokens unmasked in every row."""
+    config, grid = model.config, model.default_grid()
+
+    def step() -> torch.Tensor:
+        tokens = torch.randn(2 * batch, config.seq_len, model.token_embed_dim, generator=generator)
+        orders = model.sample_orders(batch, config.seq_len, generator)
+        mask = mask_from_orders(orders, config.seq_len - visible).repeat(2, 1)
+        labels = torch.arange(batch) % config.class_num
+        cond = torch.cat([model.class_emb(labels), model.fake_latent.expand(batch, -1)])
+        x = model.forward_mae_encoder(tokens, mask, cond, grid, visible=visible)
+        return model.forward_mae_decoder(x, mask, grid, visible=visible)
+
+    return step
+
+
+def encoder_decoder_parts(model: MAR, batch: int, visible: list[int], args: argparse.Namespace) -> list[dict]:
+    """Per visible count: median seconds of one guided step's encoder and decoder, and its FLOP."""
+    generator, rows = torch.Generator().manual_seed(0), []
+    for v in visible:
+        timings = interleave({"step": guided_step(model, batch, v, generator)}, args.repeats, "cpu", args.warmup)
+        row = {"visible": v, "seconds": timings.spread("step")}
+        if args.count_flops:  # every count is linear in the batch
+            row["flop"] = flops(guided_step(model, 1, v, generator)) * batch
+        rows.append(row)
+    return rows
+
+
+def matmul_rate(m: int, k: int, n: int, repeats: int) -> float:
+    """GFLOP/s of an fp32 (m, k) @ (k, n) product (median of `repeats` timed runs of about 20 GFLOP each)."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    count = max(1, int(2e10 // (2 * m * k * n)))
+
+    def run() -> None:
+        for _ in range(count):
+            torch.mm(a, b)
+
+    return 2 * m * k * n * count / interleave({"mm": run}, repeats, "cpu", 1).median("mm") / 1e9
+
+
+def compose(steps: list[tuple[int, int]], heads: list[dict], encdec: list[dict]) -> dict:
+    """Seconds (and FLOP, when counted) of a whole sampling from the parts."""
+    reveals = Counter(k for _, k in steps)
+    by_k = {row["k"]: row for row in heads}
+    known = [row["visible"] for row in encdec]
+    per_step = np.interp([v for v, _ in steps], known, [row["seconds"]["median_s"] for row in encdec])
+    total = {"encoder_decoder_s": float(per_step.sum())}
+    for name in ("fast", "reference"):
+        total[f"head_{name}_s"] = sum(n * by_k[k][f"{name}_s"]["median_s"] for k, n in reveals.items())
+        total[f"sampling_{name}_s"] = total["encoder_decoder_s"] + total[f"head_{name}_s"]
+    total["speedup"] = total["sampling_reference_s"] / total["sampling_fast_s"]
+    total["head_speedup"] = total["head_reference_s"] / total["head_fast_s"]
+    if "flop" in encdec[0]:
+        flop = np.interp([v for v, _ in steps], known, [row["flop"] for row in encdec])
+        total["encoder_decoder_flop"] = float(flop.sum())
+        for name in ("fast", "reference"):
+            total[f"head_{name}_flop"] = sum(n * by_k[k][f"{name}_flop"] for k, n in reveals.items())
+    return total
+
+
+def print_table(report: dict) -> None:
+    t, peak = report["total"], report["matmul_gflops"]["square_2048"]
+    table = Table("part", "seconds", "share of sampling", "GFLOP/s", "of 2048^3 matmul peak",
+                  title=f"{report['size']} batch {report['batch']}, {report['num_iter']} steps, cfg {report['cfg']} "
+                        f"({report['threads']} threads): sampling {t['speedup']:.3f}x, head {t['head_speedup']:.3f}x")
+    for name, seconds, flop_key, whole in (
+        ("encoder+decoder", t["encoder_decoder_s"], "encoder_decoder_flop", t["sampling_fast_s"]),
+        ("head (fast)", t["head_fast_s"], "head_fast_flop", t["sampling_fast_s"]),
+        ("head (reference)", t["head_reference_s"], "head_reference_flop", t["sampling_reference_s"]),
+    ):
+        rate = t[flop_key] / seconds / 1e9 if flop_key in t else None
+        table.add_row(name, f"{seconds:.4g}", f"{100 * seconds / whole:.0f} %",
+                      "-" if rate is None else f"{rate:.1f}", "-" if rate is None else f"{100 * rate / peak:.0f} %")
+    table.add_row("sampling (fast / reference)", f"{t['sampling_fast_s']:.4g} / {t['sampling_reference_s']:.4g}",
+                  "", "", "")
+    Console(width=140).print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="mar_base", help="'tiny', 'mar_base', 'mar_large' or 'mar_huge'")
+    parser.add_argument("--batch", type=int, default=16, help="images per sampling (rows are doubled by guidance)")
+    parser.add_argument("--num-iter", type=int, default=64, help="MAR decoding steps")
+    parser.add_argument("--diffusion-steps", default="100", help="diffusion respacing of the head (100 as released)")
+    parser.add_argument("--cfg", type=float, default=2.9, help="guidance scale (must not be 1: the loops compared are guided)")
+    parser.add_argument("--visible-points", type=int, default=4,
+                        help="visible-token counts at which the encoder+decoder step is timed (interpolated between)")
+    parser.add_argument("--no-flops", dest="count_flops", action="store_false",
+                        help="skip counting the arithmetic (one more untimed run of each part)")
+    parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/mar_sampling_parts.json"), help="JSON output path")
+    add_threads_option(parser)
+    add_repeat_options(parser)
+    args = parser.parse_args()
+    if args.cfg == 1.0:
+        parser.error("--cfg 1.0 turns guidance off; the loops compared here are the guided ones")
+    threads = set_threads(args.threads)
+    model = build(args.size, args.diffusion_steps)
+    config = model.config
+    steps = schedule_steps(config.seq_len, args.num_iter)
+    seen = [v for v, _ in steps]
+    visible = sorted({int(round(v)) for v in np.linspace(min(seen), max(seen), args.visible_points)})
+    report = {"size": args.size, "batch": args.batch, "num_iter": args.num_iter, "cfg": args.cfg,
+              "diffusion_steps": args.diffusion_steps, **machine(), "threads": threads, "args": vars(args),
+              "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "schedule": steps}
+    width, dim, tokens = config.diffloss_w, config.decoder_embed_dim, config.seq_len + config.buffer_size
+    shapes = {"square_2048": (2048, 2048, 2048), "head_modulation": (2 * args.batch * 4, width, 3 * width),
+              "decoder_mlp": (2 * args.batch * tokens, dim, 4 * dim)}
+    report["matmul_gflops"] = {name: matmul_rate(*shape, args.repeats) for name, shape in shapes.items()}
+    with torch.no_grad():
+        report["head"] = head_parts(model, args.batch, sorted({k for _, k in steps}), args.cfg, args)
+        write_json(args.out, report)
+        report["encoder_decoder"] = encoder_decoder_parts(model, args.batch, visible, args)
+    report["total"] = compose(steps, report["head"], report["encoder_decoder"])
+    write_json(args.out, report)
+    print_table(report)
+    Console().print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
