@@ -169,3 +169,23 @@ def test_benchmark_runs_tiny_and_writes_its_fields(name: str, tmp_path: Path, mo
     monkeypatch.setattr(sys, "argv", [name, *arguments(out)])
     importlib.import_module(f"experiments.benchmarks.{name}").main()  # in this process: no second start-up
     check(json.loads((out / "results.json" if name == "cam_grid_all" else out).read_text()), out)
+
+
+def test_mar_sampling_parts_counts_every_reveal_size_as_often_as_the_schedule_uses_it() -> None:
+    from experiments.benchmarks.mar_sampling_parts import compose
+
+    def median(seconds: float) -> dict:
+        return {"median_s": seconds}
+
+    steps = [(0, 2), (2, 3), (5, 3)]  # the second reveal size comes twice
+    heads = [{"k": 2, "fast_s": median(1.0), "reference_s": median(1.5), "fast_flop": 10, "reference_flop": 11},
+             {"k": 3, "fast_s": median(2.0), "reference_s": median(2.5), "fast_flop": 20, "reference_flop": 22}]
+    encdec = [{"visible": 0, "seconds": median(1.0), "flop": 100}, {"visible": 10, "seconds": median(2.0), "flop": 200}]
+    total = compose(steps, heads, encdec)
+    # head: 1 + 2 * 2 = 5 (reference 1.5 + 2 * 2.5 = 6.5); encoder+decoder at 0, 2, 5 visible: 1 + 1.2 + 1.5 = 3.7
+    assert total["head_fast_s"] == pytest.approx(5.0) and total["head_reference_s"] == pytest.approx(6.5)
+    assert total["encoder_decoder_s"] == pytest.approx(3.7)
+    assert total["speedup"] == pytest.approx(10.2 / 8.7) and total["head_speedup"] == pytest.approx(1.3)
+    # FLOP the same way: head 10 + 2 * 20 = 50 (11 + 2 * 22 = 55); encoder+decoder 100 + 120 + 150 = 370
+    assert (total["head_fast_flop"], total["head_reference_flop"]) == (50, 55)
+    assert total["encoder_decoder_flop"] == pytest.approx(370)
