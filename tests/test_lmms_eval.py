@@ -155,6 +155,12 @@ def test_bad_model_args_and_multi_round_requests_are_refused_by_name(bundle, lm)
         lm.generate_until_multi_round([multi])
 
 
+def own_answers(lm) -> list[str]:
+    """Harmon's own answers (`Harmon.answer`) to the local task's three documents."""
+    return [lm.model.answer(image, q, max_new_tokens=4, image_size=64)[0]
+            for image, q in zip(images(3), QUESTIONS[:3], strict=True)]
+
+
 def write_local_task(folder: Path, answers: list[str]) -> Path:
     """A task YAML reading a local JSON-lines dataset (image paths, questions, answers) and its utils.py."""
     folder.mkdir(parents=True)
@@ -186,8 +192,7 @@ def test_a_local_task_through_lmms_eval_fills_the_table_column(lm, tmp_path):
     from lmms_eval.loggers import EvaluationTracker
     from lmms_eval.tasks import TaskManager
 
-    own = [lm.model.answer(image, q, max_new_tokens=4, image_size=64)[0]
-           for image, q in zip(images(3), QUESTIONS[:3], strict=True)]
+    own = own_answers(lm)
     folder = write_local_task(tmp_path / "task", [own[0], own[1], own[2] + " not this"])
     tracker = EvaluationTracker(output_path=str(tmp_path / "out"))
     results = evaluator.simple_evaluate(model=lm, tasks=[TASK], batch_size=2, evaluation_tracker=tracker,
@@ -257,8 +262,7 @@ def test_two_processes_under_accelerate_answer_every_document_once(bundle, tmp_p
     processes: each answers its share, and the gathered samples hold every document once, answered as one process
     answers it alone."""
     alone = build_lm(bundle)  # lmms-eval's evaluator lets go of the model it ran, so not the module's `lm`
-    own = [alone.model.answer(image, q, max_new_tokens=4, image_size=64)[0]
-           for image, q in zip(images(3), QUESTIONS[:3], strict=True)]
+    own = own_answers(alone)
     folder = write_local_task(tmp_path / "task", [own[0], own[1] + " not this", own[2]])
     model_args = f"checkpoint={bundle.checkpoint},llm={bundle.llm},vae={bundle.vae},image_size=64,device=cpu"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",

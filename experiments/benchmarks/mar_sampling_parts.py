@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,18 +35,10 @@ from experiments.benchmarks.common import (
     machine,
     set_threads,
 )
+from experiments.benchmarks.mar_sampling import build
 from harmon.diffloss import DiffLoss
-from harmon.mar import MAR, mar_config, mask_from_orders, mask_schedule
+from harmon.mar import MAR, mask_from_orders, mask_schedule
 from harmon.utils.files import write_json
-
-
-def build(size: str, diffusion_steps: str) -> MAR:
-    if size == "tiny":
-        from experiments.benchmarks.mar_sampling import TINY as config
-    else:
-        config = mar_config(size)
-    torch.manual_seed(0)
-    return MAR(replace(config, num_sampling_steps=diffusion_steps)).eval()
 
 
 def schedule_steps(seq_len: int, num_iter: int) -> list[tuple[int, int]]:
@@ -145,17 +136,19 @@ def compose(steps: list[tuple[int, int]], heads: list[dict], encdec: list[dict])
     """Seconds (and FLOP, when counted) of a whole sampling from the parts."""
     reveals = Counter(k for _, k in steps)
     by_k = {row["k"]: row for row in heads}
-    known = [row["visible"] for row in encdec]
-    per_step = np.interp([v for v, _ in steps], known, [row["seconds"]["median_s"] for row in encdec])
-    total = {"encoder_decoder_s": float(per_step.sum())}
+    visible, known = [v for v, _ in steps], [row["visible"] for row in encdec]
+
+    def encoder_decoder(values: list[float]) -> float:
+        return float(np.interp(visible, known, values).sum())
+
+    total = {"encoder_decoder_s": encoder_decoder([row["seconds"]["median_s"] for row in encdec])}
     for name in ("fast", "reference"):
         total[f"head_{name}_s"] = sum(n * by_k[k][f"{name}_s"]["median_s"] for k, n in reveals.items())
         total[f"sampling_{name}_s"] = total["encoder_decoder_s"] + total[f"head_{name}_s"]
     total["speedup"] = total["sampling_reference_s"] / total["sampling_fast_s"]
     total["head_speedup"] = total["head_reference_s"] / total["head_fast_s"]
     if "flop" in encdec[0]:
-        flop = np.interp([v for v, _ in steps], known, [row["flop"] for row in encdec])
-        total["encoder_decoder_flop"] = float(flop.sum())
+        total["encoder_decoder_flop"] = encoder_decoder([row["flop"] for row in encdec])
         for name in ("fast", "reference"):
             total[f"head_{name}_flop"] = sum(n * by_k[k][f"{name}_flop"] for k, n in reveals.items())
     return total
@@ -197,7 +190,7 @@ def main() -> None:
     if args.cfg == 1.0:
         parser.error("--cfg 1.0 turns guidance off; the loops compared here are the guided ones")
     threads = set_threads(args.threads)
-    model = build(args.size, args.diffusion_steps)
+    model = build(args.size, args.diffusion_steps, torch.device("cpu"), torch.float32)
     config = model.config
     steps = schedule_steps(config.seq_len, args.num_iter)
     seen = [v for v, _ in steps]
