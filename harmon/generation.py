@@ -63,8 +63,8 @@ def generate_latents(
     orders = model.mar.sample_orders(batch, seq_len, generator, device)
     tokens = torch.zeros(batch, seq_len, model.mar.token_embed_dim, device=device, dtype=dtype)
 
-    def condition(tokens: torch.Tensor, mask: torch.Tensor, visible: int) -> torch.Tensor:
-        return model.condition_tokens(tokens, mask, grid, prompt_embeds, prompt_mask, cache, visible)
+    def condition(tokens: torch.Tensor, mask: torch.Tensor, visible: int, rows: torch.Tensor) -> torch.Tensor:
+        return model.condition_tokens(tokens, mask, grid, prompt_embeds, prompt_mask, cache, visible, rows)
 
     tokens = decoding.decode(condition, model.mar.diffloss, tokens, orders, generator,
                              "Harmon generation" if progress else None)

@@ -114,6 +114,27 @@ def _keep_rows(x: torch.Tensor, keep: torch.Tensor, count: int | None = None) ->
     return x.gather(1, kept_index(keep, count)[..., None].expand(-1, -1, x.shape[-1]))
 
 
+class MARBlock(Block):
+    """timm's ViT block (same parameters) that can run at some rows only: given `rows` (B, k), keys and values come
+    from every row of x (B, N, C) while queries, projection and MLP run on those k rows; returns (B, k, C)."""
+
+    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        if rows is None:
+            return super().forward(x)
+        attn, (b, n, c) = self.attn, x.shape
+        h = self.norm1(x)
+        kv = F.linear(h, attn.qkv.weight[c:], attn.qkv.bias[c:])
+        k, v = kv.reshape(b, n, 2, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        picked = rows[..., None].expand(-1, -1, c)
+        q = F.linear(h.gather(1, picked), attn.qkv.weight[:c], attn.qkv.bias[:c])
+        q = q.reshape(b, -1, attn.num_heads, attn.head_dim).transpose(1, 2)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+        out = attn.proj_drop(attn.proj(attn.norm(out.transpose(1, 2).reshape(b, -1, c))))
+        x = x.gather(1, picked) + self.drop_path1(self.ls1(out))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+
 class MAR(nn.Module):
     """MAR encoder, decoder and diffusion head with the official parameter names."""
 
@@ -128,8 +149,8 @@ class MAR(nn.Module):
 
         def blocks(dim: int, depth: int, heads: int) -> nn.ModuleList:
             return nn.ModuleList(
-                Block(dim, heads, c.mlp_ratio, qkv_bias=True, norm_layer=norm,
-                      proj_drop=c.proj_dropout, attn_drop=c.attn_dropout)
+                MARBlock(dim, heads, c.mlp_ratio, qkv_bias=True, norm_layer=norm,
+                         proj_drop=c.proj_dropout, attn_drop=c.attn_dropout)
                 for _ in range(depth)
             )
 
@@ -229,12 +250,13 @@ class MAR(nn.Module):
 
     def forward_mae_decoder(
         self, x: torch.Tensor, mask: torch.Tensor, image_shape: tuple[int, int] | None = None,
-        x_con: torch.Tensor | None = None, visible: int | None = None,
+        x_con: torch.Tensor | None = None, visible: int | None = None, rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Decode encoder outputs to per-token conditions (B, L, C_dec) for the diffusion head.
 
         Masked positions hold `mask_token`, or `decoder_embed(x_con)` when a full-length `x_con` is given;
-        `visible` as in `forward_mae_encoder`.
+        `visible` as in `forward_mae_encoder`. `rows` (B, k) token positions return only those conditions,
+        (B, k, C_dec), with the last block run at those rows alone (as sampling needs them).
         """
         grid = image_shape or self.default_grid()
         x = self.decoder_embed(x)
@@ -250,9 +272,12 @@ class MAR(nn.Module):
             index = kept_index(keep, self.buffer_size + visible)
             full = full.scatter(1, index[..., None].expand(-1, -1, x.shape[-1]), x)
         x = full + resize_grid_embedding(self.decoder_pos_embed_learned, grid, self.buffer_size)
-        x = self.decoder_norm(self._run(self.decoder_blocks, x))
-        x = x[:, self.buffer_size :]
-        return x + resize_grid_embedding(self.diffusion_pos_embed_learned, grid, 0)
+        position = resize_grid_embedding(self.diffusion_pos_embed_learned, grid, 0)
+        if rows is None:
+            return self.decoder_norm(self._run(self.decoder_blocks, x))[:, self.buffer_size :] + position
+        x = self._run(self.decoder_blocks[:-1], x)
+        x = self.decoder_norm(self.decoder_blocks[-1](x, rows + self.buffer_size))
+        return x + position.expand(b, -1, -1).gather(1, rows[..., None].expand(-1, -1, x.shape[-1]))
 
     def encode_features(
         self, tokens: torch.Tensor, image_shape: tuple[int, int] | None = None, num_blocks: int | None = None,
@@ -323,9 +348,9 @@ class MAR(nn.Module):
         if decoding.guided:
             cond = torch.cat([cond, self.fake_latent.expand(bsz, -1)])
 
-        def condition(tokens: torch.Tensor, mask: torch.Tensor, visible: int) -> torch.Tensor:
+        def condition(tokens: torch.Tensor, mask: torch.Tensor, visible: int, rows: torch.Tensor) -> torch.Tensor:
             x = self.forward_mae_encoder(tokens, mask, cond, grid, visible=visible)
-            return self.forward_mae_decoder(x, mask, grid, visible=visible)
+            return self.forward_mae_decoder(x, mask, grid, visible=visible, rows=rows)
 
         tokens = torch.zeros(bsz, seq_len, self.token_embed_dim, device=device, dtype=dtype)
         tokens = decoding.decode(condition, self.diffloss, tokens, orders, generator,
@@ -382,16 +407,17 @@ class MaskedDecoding:
         return 1 + (self.cfg - 1) * (seq_len - masked_after) / seq_len
 
     def decode(
-        self, condition: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor], diffloss: DiffLoss,
+        self, condition: Callable[[torch.Tensor, torch.Tensor, int, torch.Tensor], torch.Tensor], diffloss: DiffLoss,
         tokens: torch.Tensor, orders: torch.Tensor, generator: torch.Generator, progress: str | None = None,
     ) -> torch.Tensor:
         """Reveal `tokens` (B, L, C), all masked at first, along `orders` (B, L); returns them filled in place.
 
-        Each step `condition(tokens, mask, visible)` gives the diffusion head's per-token conditions (`visible`:
-        how many tokens of every row are unmasked); when guided, both tensors are the batch twice, as rows
-        [conditional | unconditional]. The tokens leaving the mask (all that are left at the last step) are
-        sampled from `diffloss`. Counts come from the schedule and rows are indexed through `orders`, so the loop
-        never waits for the device. `progress` names a progress bar.
+        Each step `condition(tokens, mask, visible, rows)` gives the diffusion head's conditions (B, k, C) of the
+        tokens at positions `rows` (B, k), those leaving the mask (all that are left at the last step); `visible`
+        is how many tokens of every row are unmasked. When guided, all tensors are the batch twice, as rows
+        [conditional | unconditional]. The tokens at `rows` are then sampled from `diffloss`. Counts come from the
+        schedule and rows are indexed through `orders`, so the loop never waits for the device. `progress` names a
+        progress bar.
         """
         guided = self.guided
 
@@ -408,12 +434,11 @@ class MaskedDecoding:
             steps = track(steps, description=progress)
         masked = seq_len
         for step in steps:
-            z = condition(both(tokens), both(mask), seq_len - masked)
             left = 0 if step == self.num_iter - 1 else schedule[step]
             revealed = orders[:, left:masked].sort(dim=1).values  # (B, k), in token order as the rows are drawn
+            picked = condition(both(tokens), both(mask), seq_len - masked, both(revealed)).flatten(0, 1)
             masked, mask = schedule[step], mask_from_orders(orders, schedule[step])
             scale = self.cfg_at(seq_len, schedule[step]) if guided else 1.0
-            picked = z.gather(1, both(revealed)[..., None].expand(-1, -1, z.shape[-1])).flatten(0, 1)
             sampled = diffloss.sample(picked, self.temperature, scale, generator=generator)
             rows = sampled[: revealed.numel()].to(tokens.dtype).reshape(*revealed.shape, tokens.shape[-1])
             tokens.scatter_(1, revealed[..., None].expand(-1, -1, tokens.shape[-1]), rows)

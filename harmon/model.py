@@ -132,9 +132,10 @@ class Harmon(nn.Module):
     def condition_tokens(
         self, tokens: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int], prompt_embeds: torch.Tensor,
         prompt_mask: torch.Tensor, cache: DynamicCache | None = None, visible: int | None = None,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Per-token conditions (B, L, C_dec) for the diffusion head, given the prompt (`visible`: unmasked tokens
-        per row, when known).
+        per row, when known; `rows` (B, k): only the conditions at those token positions, (B, k, C_dec)).
 
         MAR encoder -> proj_in -> LLM after the prompt -> proj_out, added to the encoder output -> MAR decoder.
         With `cache` holding the prefilled prompt, only the image part runs and the cache is cropped back after.
@@ -155,7 +156,7 @@ class Harmon(nn.Module):
                                     cache=cache, use_cache=True).last_hidden_state
             cache.crop(-n)
         x = x_enc + self.proj_out(self.from_llm_order(hidden))
-        return self.mar.forward_mae_decoder(x, mask, grid, visible=visible)
+        return self.mar.forward_mae_decoder(x, mask, grid, visible=visible, rows=rows)
 
     def prefill_prompt(self, prompt_embeds: torch.Tensor, prompt_mask: torch.Tensor) -> DynamicCache:
         """Run the prompt once and keep its keys/values."""

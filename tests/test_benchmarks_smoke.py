@@ -45,15 +45,22 @@ def _mar_sampling_parts(report: dict, out: Path) -> None:
         _timings(row["reference_s"], repeats=2)
         assert row["max_abs_diff"] <= 1e-5 * row["max_abs"] and row["max_abs"] > 0
         assert 0 < row["fast_flop"] < row["reference_flop"]  # the step embeddings are computed once, not per step
-    assert [row["visible"] for row in report["encoder_decoder"]] == [0, 159]
+    encdec = report["encoder_decoder"]
+    assert [(row["visible"], row["k"]) for row in encdec] == [(0, 20), (159, 97)]  # the first and last steps
+    for row in encdec:
+        _timings(row["fast_s"], repeats=2)
+        _timings(row["reference_s"], repeats=2)
+        assert row["max_abs_diff"] <= 1e-5 * row["max_abs"] and row["max_abs"] > 0
+        assert 0 < row["fast_flop"] < row["reference_flop"]  # the last block runs at the revealed rows only
     total = report["total"]
-    head_fast = sum(row["fast_s"]["median_s"] for row in heads)  # each reveal size occurs once in 4 steps
-    assert total["head_fast_s"] == pytest.approx(head_fast)
-    first, last = (row["seconds"]["median_s"] for row in report["encoder_decoder"])
-    interpolated = [first + (last - first) * v / 159 for v in (0, 20, 75, 159)]
-    assert total["encoder_decoder_s"] == pytest.approx(sum(interpolated))
-    assert total["speedup"] == pytest.approx(total["sampling_reference_s"] / total["sampling_fast_s"])
-    assert total["sampling_fast_s"] == pytest.approx(head_fast + total["encoder_decoder_s"])
+    for name in ("fast", "reference"):
+        head = sum(row[f"{name}_s"]["median_s"] for row in heads)  # each reveal size occurs once in 4 steps
+        assert total[f"head_{name}_s"] == pytest.approx(head)
+        first, last = (row[f"{name}_s"]["median_s"] for row in encdec)
+        interpolated = [first + (last - first) * v / 159 for v in (0, 20, 75, 159)]
+        assert total[f"encoder_decoder_{name}_s"] == pytest.approx(sum(interpolated))
+        assert total[f"sampling_{name}_s"] == pytest.approx(head + sum(interpolated))
+    assert total["sampling_speedup"] == pytest.approx(total["sampling_reference_s"] / total["sampling_fast_s"])
     assert set(report["matmul_gflops"]) == {"square_2048", "head_modulation", "decoder_mlp"}
     assert all(rate > 0 for rate in report["matmul_gflops"].values())
 
@@ -180,12 +187,20 @@ def test_mar_sampling_parts_counts_every_reveal_size_as_often_as_the_schedule_us
     steps = [(0, 2), (2, 3), (5, 3)]  # the second reveal size comes twice
     heads = [{"k": 2, "fast_s": median(1.0), "reference_s": median(1.5), "fast_flop": 10, "reference_flop": 11},
              {"k": 3, "fast_s": median(2.0), "reference_s": median(2.5), "fast_flop": 20, "reference_flop": 22}]
-    encdec = [{"visible": 0, "seconds": median(1.0), "flop": 100}, {"visible": 10, "seconds": median(2.0), "flop": 200}]
+    encdec = [{"visible": 0, "fast_s": median(1.0), "reference_s": median(1.0), "fast_flop": 100,
+               "reference_flop": 100},
+              {"visible": 10, "fast_s": median(2.0), "reference_s": median(3.0), "fast_flop": 200,
+               "reference_flop": 300}]
     total = compose(steps, heads, encdec)
-    # head: 1 + 2 * 2 = 5 (reference 1.5 + 2 * 2.5 = 6.5); encoder+decoder at 0, 2, 5 visible: 1 + 1.2 + 1.5 = 3.7
+    # head: 1 + 2 * 2 = 5 (reference 1.5 + 2 * 2.5 = 6.5)
     assert total["head_fast_s"] == pytest.approx(5.0) and total["head_reference_s"] == pytest.approx(6.5)
-    assert total["encoder_decoder_s"] == pytest.approx(3.7)
-    assert total["speedup"] == pytest.approx(10.2 / 8.7) and total["head_speedup"] == pytest.approx(1.3)
+    # encoder+decoder at 0, 2, 5 visible: 1 + 1.2 + 1.5 = 3.7 (reference 1 + 1.4 + 2 = 4.4)
+    assert total["encoder_decoder_fast_s"] == pytest.approx(3.7)
+    assert total["encoder_decoder_reference_s"] == pytest.approx(4.4)
+    assert total["sampling_speedup"] == pytest.approx(10.9 / 8.7) and total["head_speedup"] == pytest.approx(1.3)
+    assert total["encoder_decoder_speedup"] == pytest.approx(4.4 / 3.7)
     # FLOP the same way: head 10 + 2 * 20 = 50 (11 + 2 * 22 = 55); encoder+decoder 100 + 120 + 150 = 370
+    # (reference 100 + 140 + 200 = 440)
     assert (total["head_fast_flop"], total["head_reference_flop"]) == (50, 55)
-    assert total["encoder_decoder_flop"] == pytest.approx(370)
+    assert total["encoder_decoder_fast_flop"] == pytest.approx(370)
+    assert total["encoder_decoder_reference_flop"] == pytest.approx(440)

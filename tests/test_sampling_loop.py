@@ -152,3 +152,38 @@ def test_mask_with_known_count_selects_the_same_rows_as_the_boolean_mask():
     assert torch.equal(by_mask, by_count) and by_mask.shape[1] == mar.buffer_size + visible
     assert torch.equal(mar.forward_mae_decoder(by_mask, mask), mar.forward_mae_decoder(by_mask, mask,
                                                                                         visible=visible))
+
+
+@pytest.mark.parametrize("options", [{}, {"qk_norm": True, "scale_attn_norm": True, "init_values": 0.5}],
+                         ids=["as-in-MAR", "every-norm-and-layer-scale"])
+def test_block_at_some_rows_equals_the_timm_block_at_those_rows(options):
+    from timm.models.vision_transformer import Block
+
+    from harmon.mar import MARBlock
+
+    block = MARBlock(16, 4, qkv_bias=True, **options).eval()
+    torch.manual_seed(0)
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.5)  # large enough that every norm and scale changes the attention
+    plain = Block(16, 4, qkv_bias=True, **options).eval()
+    plain.load_state_dict(block.state_dict(), strict=True)  # the same parameters under timm's own forward
+    x = torch.randn(3, 9, 16)
+    rows = torch.tensor([[0, 4], [8, 2], [5, 5]])  # any order, repeats allowed
+    expected = plain(x).gather(1, rows[..., None].expand(-1, -1, 16))
+    torch.testing.assert_close(block(x, rows), expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(block(x), plain(x))
+
+
+@pytest.mark.parametrize("with_x_con", [False, True])
+def test_decoder_at_some_rows_equals_the_whole_decoder_at_those_rows(with_x_con):
+    mar = trained_looking(MAR(TINY_MAR))
+    grid, b = (6, 3), 2  # non-square: the position embeddings are resized
+    tokens = torch.randn(b, 18, mar.token_embed_dim)
+    mask = mask_from_orders(mar.sample_orders(b, 18, torch.Generator().manual_seed(1)), 11)
+    x = mar.forward_mae_encoder(tokens, mask, mar.fake_latent.expand(b, -1), grid, visible=7)
+    x_con = torch.randn(b, mar.buffer_size + 18, x.shape[-1]) if with_x_con else None
+    rows = torch.tensor([[17, 0, 3], [2, 9, 16]])
+    whole = mar.forward_mae_decoder(x, mask, grid, x_con, visible=7)
+    expected = whole.gather(1, rows[..., None].expand(-1, -1, whole.shape[-1]))
+    torch.testing.assert_close(mar.forward_mae_decoder(x, mask, grid, x_con, visible=7, rows=rows), expected,
+                               rtol=1e-5, atol=1e-6)

@@ -1,6 +1,6 @@
 """One class-conditional MAR sampling composed from timed parts, for sizes where whole interleaved samplings do
-not fit the time at hand (MAR-B at batch 16 with guidance is about 1e14 FLOP; on 2 CPU cores, tens of minutes per
-sampling). Compares the diffusion head's loop as it runs now with the per-step loop it replaced.
+not fit the time at hand (MAR-B at batch 16 with guidance is about 2e14 FLOP; on 2 CPU cores, tens of minutes per
+sampling). Compares the sampling loop as it runs now (`fast`) with the loop it replaced (`reference`).
 
     python -m experiments.benchmarks.mar_sampling_parts --size mar_base --batch 16 --num-iter 64
 
@@ -8,8 +8,10 @@ sampling). Compares the diffusion head's loop as it runs now with the per-step l
   guidance), `fast` (`DiffLoss.sample`: condition and step embeddings once per loop, coefficients from device
   tables) and `reference` (the whole network and seven float64 schedule gathers at every step, as the loop ran
   before), interleaved; both draw the same noise, and their largest difference is reported.
-- Encoder + decoder (the same code in both loops): one sampling step at a few visible-token counts spread over
-  the schedule, interpolated linearly to every step's count.
+- Encoder + decoder: one sampling step at a few steps of the schedule (their visible and revealed counts),
+  `fast` (the decoder's last block at the revealed rows only) and `reference` (the whole decoder, then the
+  revealed rows picked), interleaved, with the largest difference of their conditions; interpolated linearly
+  over the visible count to every step.
 - Totals: the head's time summed over the schedule's reveal sizes plus the encoder+decoder time summed over its
   steps. Left out: the loop's gathers and scatters of tokens (`mar_sampling`'s "other" column measures them).
 - FLOP/s of each part (arithmetic counted by torch's FlopCounterMode) against the fp32 matmul rate measured in
@@ -92,30 +94,43 @@ def head_parts(model: MAR, batch: int, sizes: list[int], cfg: float, args: argpa
     return rows
 
 
-def guided_step(model: MAR, batch: int, visible: int, generator: torch.Generator):
-    """One guided sampling step's encoder and decoder with `visible` tokens unmasked in every row."""
+def guided_step(model: MAR, batch: int, visible: int, k: int, generator: torch.Generator) -> dict:
+    """One guided sampling step's encoder and decoder with `visible` tokens unmasked and `k` revealed in every row:
+    `fast` computes the decoder's last block at the k revealed rows only, `reference` the whole decoder (then picks
+    the k rows), as the loop did before."""
     config, grid = model.config, model.default_grid()
+    tokens = torch.randn(2 * batch, config.seq_len, model.token_embed_dim, generator=generator)
+    orders = model.sample_orders(batch, config.seq_len, generator)
+    masked = config.seq_len - visible
+    mask = mask_from_orders(orders, masked).repeat(2, 1)
+    rows = orders[:, masked - k : masked].sort(dim=1).values.repeat(2, 1)
+    labels = torch.arange(batch) % config.class_num
+    cond = torch.cat([model.class_emb(labels), model.fake_latent.expand(batch, -1)])
 
-    def step() -> torch.Tensor:
-        tokens = torch.randn(2 * batch, config.seq_len, model.token_embed_dim, generator=generator)
-        orders = model.sample_orders(batch, config.seq_len, generator)
-        mask = mask_from_orders(orders, config.seq_len - visible).repeat(2, 1)
-        labels = torch.arange(batch) % config.class_num
-        cond = torch.cat([model.class_emb(labels), model.fake_latent.expand(batch, -1)])
+    def step(fast: bool) -> torch.Tensor:
         x = model.forward_mae_encoder(tokens, mask, cond, grid, visible=visible)
-        return model.forward_mae_decoder(x, mask, grid, visible=visible)
+        if fast:
+            return model.forward_mae_decoder(x, mask, grid, visible=visible, rows=rows)
+        z = model.forward_mae_decoder(x, mask, grid, visible=visible)
+        return z.gather(1, rows[..., None].expand(-1, -1, z.shape[-1]))
 
-    return step
+    return {"fast": lambda: step(True), "reference": lambda: step(False)}
 
 
-def encoder_decoder_parts(model: MAR, batch: int, visible: list[int], args: argparse.Namespace) -> list[dict]:
-    """Per visible count: median seconds of one guided step's encoder and decoder, and its FLOP."""
+def encoder_decoder_parts(model: MAR, batch: int, points: list[tuple[int, int]],
+                          args: argparse.Namespace) -> list[dict]:
+    """Per (visible, revealed) step: median seconds of one guided step's encoder and decoder both ways, the largest
+    difference of their conditions, and the FLOP."""
     generator, rows = torch.Generator().manual_seed(0), []
-    for v in visible:
-        timings = interleave({"step": guided_step(model, batch, v, generator)}, args.repeats, "cpu", args.warmup)
-        row = {"visible": v, "seconds": timings.spread("step")}
+    for v, k in points:
+        variants = guided_step(model, batch, v, k, generator)
+        timings = interleave(variants, args.repeats, "cpu", args.warmup)
+        fast, reference = timings.results["fast"], timings.results["reference"]
+        row = {"visible": v, "k": k, "max_abs_diff": (fast - reference).abs().max().item(),
+               "max_abs": reference.abs().max().item(), **{f"{name}_s": timings.spread(name) for name in variants}}
         if args.count_flops:  # every count is linear in the batch
-            row["flop"] = flops(guided_step(model, 1, v, generator)) * batch
+            row.update({f"{name}_flop": flops(run) * batch
+                        for name, run in guided_step(model, 1, v, k, generator).items()})
         rows.append(row)
     return rows
 
@@ -141,16 +156,16 @@ def compose(steps: list[tuple[int, int]], heads: list[dict], encdec: list[dict])
     def encoder_decoder(values: list[float]) -> float:
         return float(np.interp(visible, known, values).sum())
 
-    total = {"encoder_decoder_s": encoder_decoder([row["seconds"]["median_s"] for row in encdec])}
+    total = {}
     for name in ("fast", "reference"):
+        total[f"encoder_decoder_{name}_s"] = encoder_decoder([row[f"{name}_s"]["median_s"] for row in encdec])
         total[f"head_{name}_s"] = sum(n * by_k[k][f"{name}_s"]["median_s"] for k, n in reveals.items())
-        total[f"sampling_{name}_s"] = total["encoder_decoder_s"] + total[f"head_{name}_s"]
-    total["speedup"] = total["sampling_reference_s"] / total["sampling_fast_s"]
-    total["head_speedup"] = total["head_reference_s"] / total["head_fast_s"]
-    if "flop" in encdec[0]:
-        total["encoder_decoder_flop"] = encoder_decoder([row["flop"] for row in encdec])
-        for name in ("fast", "reference"):
+        total[f"sampling_{name}_s"] = total[f"encoder_decoder_{name}_s"] + total[f"head_{name}_s"]
+        if f"{name}_flop" in encdec[0]:
+            total[f"encoder_decoder_{name}_flop"] = encoder_decoder([row[f"{name}_flop"] for row in encdec])
             total[f"head_{name}_flop"] = sum(n * by_k[k][f"{name}_flop"] for k, n in reveals.items())
+    for part in ("sampling", "encoder_decoder", "head"):
+        total[f"{part}_speedup"] = total[f"{part}_reference_s"] / total[f"{part}_fast_s"]
     return total
 
 
@@ -158,15 +173,14 @@ def print_table(report: dict) -> None:
     t, peak = report["total"], report["matmul_gflops"]["square_2048"]
     table = Table("part", "seconds", "share of sampling", "GFLOP/s", "of 2048^3 matmul peak",
                   title=f"{report['size']} batch {report['batch']}, {report['num_iter']} steps, cfg {report['cfg']} "
-                        f"({report['threads']} threads): sampling {t['speedup']:.3f}x, head {t['head_speedup']:.3f}x")
-    for name, seconds, flop_key, whole in (
-        ("encoder+decoder", t["encoder_decoder_s"], "encoder_decoder_flop", t["sampling_fast_s"]),
-        ("head (fast)", t["head_fast_s"], "head_fast_flop", t["sampling_fast_s"]),
-        ("head (reference)", t["head_reference_s"], "head_reference_flop", t["sampling_reference_s"]),
-    ):
-        rate = t[flop_key] / seconds / 1e9 if flop_key in t else None
-        table.add_row(name, f"{seconds:.4g}", f"{100 * seconds / whole:.0f} %",
-                      "-" if rate is None else f"{rate:.1f}", "-" if rate is None else f"{100 * rate / peak:.0f} %")
+                        f"({report['threads']} threads): sampling {t['sampling_speedup']:.3f}x, encoder+decoder "
+                        f"{t['encoder_decoder_speedup']:.3f}x, head {t['head_speedup']:.3f}x")
+    for name in ("fast", "reference"):
+        for part, label in (("encoder_decoder", "encoder+decoder"), ("head", "head")):
+            seconds, flop = t[f"{part}_{name}_s"], t.get(f"{part}_{name}_flop")
+            rate = None if flop is None else flop / seconds / 1e9
+            table.add_row(f"{label} ({name})", f"{seconds:.4g}", f"{100 * seconds / t[f'sampling_{name}_s']:.0f} %",
+                          "-" if rate is None else f"{rate:.1f}", "-" if rate is None else f"{100 * rate / peak:.0f} %")
     table.add_row("sampling (fast / reference)", f"{t['sampling_fast_s']:.4g} / {t['sampling_reference_s']:.4g}",
                   "", "", "")
     Console(width=140).print(table)
@@ -180,7 +194,8 @@ def main() -> None:
     parser.add_argument("--diffusion-steps", default="100", help="diffusion respacing of the head (100 as released)")
     parser.add_argument("--cfg", type=float, default=2.9, help="guidance scale (must not be 1: the loops compared are guided)")
     parser.add_argument("--visible-points", type=int, default=4,
-                        help="visible-token counts at which the encoder+decoder step is timed (interpolated between)")
+                        help="schedule steps, evenly spread, at which the encoder+decoder step is timed (interpolated "
+                             "between by visible count)")
     parser.add_argument("--no-flops", dest="count_flops", action="store_false",
                         help="skip counting the arithmetic (one more untimed run of each part)")
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/mar_sampling_parts.json"), help="JSON output path")
@@ -193,8 +208,7 @@ def main() -> None:
     model = build(args.size, args.diffusion_steps, torch.device("cpu"), torch.float32)
     config = model.config
     steps = schedule_steps(config.seq_len, args.num_iter)
-    seen = [v for v, _ in steps]
-    visible = sorted({int(round(v)) for v in np.linspace(min(seen), max(seen), args.visible_points)})
+    points = [steps[i] for i in sorted({int(round(i)) for i in np.linspace(0, len(steps) - 1, args.visible_points)})]
     report = {"size": args.size, "batch": args.batch, "num_iter": args.num_iter, "cfg": args.cfg,
               "diffusion_steps": args.diffusion_steps, **machine(), "threads": threads, "args": vars(args),
               "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "schedule": steps}
@@ -205,7 +219,7 @@ def main() -> None:
     with torch.no_grad():
         report["head"] = head_parts(model, args.batch, sorted({k for _, k in steps}), args.cfg, args)
         write_json(args.out, report)
-        report["encoder_decoder"] = encoder_decoder_parts(model, args.batch, visible, args)
+        report["encoder_decoder"] = encoder_decoder_parts(model, args.batch, points, args)
     report["total"] = compose(steps, report["head"], report["encoder_decoder"])
     write_json(args.out, report)
     print_table(report)
