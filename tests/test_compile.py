@@ -26,6 +26,14 @@ from harmon.utils.runtime import bf16_autocast
 from harmon.vae import build_kl16, save_kl16_safetensors, tiny_kl16_config
 
 
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Dynamo keeps compiled code per function across models, so an earlier test in this process (any file) would
+    let these tests' compilations hit its cache and count no new frames: start each from an empty cache."""
+    torch._dynamo.reset()
+    yield
+
+
 def _trained_looking(mar: MAR) -> MAR:
     """Give the zero-initialised layers of the diffusion head small weights, so its output depends on its input."""
     generator = torch.Generator().manual_seed(1)
