@@ -277,7 +277,7 @@ class MAR(nn.Module):
             return self.decoder_norm(self._run(self.decoder_blocks, x))[:, self.buffer_size :] + position
         x = self._run(self.decoder_blocks[:-1], x)
         x = self.decoder_norm(self.decoder_blocks[-1](x, rows + self.buffer_size))
-        return x + position.expand(b, -1, -1).gather(1, rows[..., None].expand(-1, -1, x.shape[-1]))
+        return x + position[0, rows]
 
     def encode_features(
         self, tokens: torch.Tensor, image_shape: tuple[int, int] | None = None, num_blocks: int | None = None,

@@ -72,17 +72,24 @@ def flops(run) -> int:
     return counter.get_total_flops()
 
 
+def compare(variants: dict, args: argparse.Namespace) -> dict:
+    """`fast` and `reference` interleaved: each one's median seconds and the largest difference of their results."""
+    timings = interleave(variants, args.repeats, "cpu", args.warmup)
+    fast, reference = timings.results["fast"], timings.results["reference"]
+    return {"max_abs_diff": (fast - reference).abs().max().item(), "max_abs": reference.abs().max().item(),
+            **{f"{name}_s": timings.spread(name) for name in variants}}
+
+
+def counted(variants: dict, times: int = 1) -> dict:
+    """Each variant's FLOP (one untimed run), multiplied by `times`."""
+    return {f"{name}_flop": flops(run) * times for name, run in variants.items()}
+
+
 def head_row(head: DiffLoss, z: torch.Tensor, cfg: float, args: argparse.Namespace) -> dict:
     """Both loops on the conditions `z`: median seconds, FLOP and the largest difference of their samples."""
     variants = {"fast": lambda: head.sample(z, cfg=cfg, generator=torch.Generator().manual_seed(0)),
                 "reference": lambda: reference_sample(head, z, cfg, torch.Generator().manual_seed(0))}
-    timings = interleave(variants, args.repeats, "cpu", args.warmup)
-    fast, reference = timings.results["fast"], timings.results["reference"]
-    row = {"rows": len(z), "max_abs_diff": (fast - reference).abs().max().item(),
-           "max_abs": reference.abs().max().item(), **{f"{name}_s": timings.spread(name) for name in variants}}
-    if args.count_flops:
-        row.update({f"{name}_flop": flops(run) for name, run in variants.items()})
-    return row
+    return {"rows": len(z), **compare(variants, args), **(counted(variants) if args.count_flops else {})}
 
 
 def head_parts(model: MAR, batch: int, sizes: list[int], cfg: float, args: argparse.Namespace) -> list[dict]:
@@ -123,14 +130,9 @@ def encoder_decoder_parts(model: MAR, batch: int, points: list[tuple[int, int]],
     difference of their conditions, and the FLOP."""
     generator, rows = torch.Generator().manual_seed(0), []
     for v, k in points:
-        variants = guided_step(model, batch, v, k, generator)
-        timings = interleave(variants, args.repeats, "cpu", args.warmup)
-        fast, reference = timings.results["fast"], timings.results["reference"]
-        row = {"visible": v, "k": k, "max_abs_diff": (fast - reference).abs().max().item(),
-               "max_abs": reference.abs().max().item(), **{f"{name}_s": timings.spread(name) for name in variants}}
+        row = {"visible": v, "k": k, **compare(guided_step(model, batch, v, k, generator), args)}
         if args.count_flops:  # every count is linear in the batch
-            row.update({f"{name}_flop": flops(run) * batch
-                        for name, run in guided_step(model, 1, v, k, generator).items()})
+            row.update(counted(guided_step(model, 1, v, k, generator), batch))
         rows.append(row)
     return rows
 

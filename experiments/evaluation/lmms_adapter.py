@@ -11,8 +11,9 @@ Model arguments (`--model_args key=value,...`):
 Requests are answered in batches of `batch_size` (sorted by prompt length, grouped by generation arguments), each
 question after its first image as `harmon ask` asks it, greedily unless a task asks for sampling; the answer is cut
 at the task's `until` strings. Under `accelerate launch` every process holds the model on its own GPU; lmms-eval's
-evaluator sets each process's rank and accelerator and gives it its share of the documents. `loglikelihood` scores a continuation's tokens after the answer prompt
-(multiple-choice tasks); multi-round generation is refused with an error naming the task.
+evaluator sets each process's rank and accelerator and gives it its share of the documents. `loglikelihood`
+scores a continuation's tokens after the answer prompt (multiple-choice tasks); multi-round generation is refused
+with an error naming the task.
 """
 
 from __future__ import annotations
